@@ -1,0 +1,1 @@
+"""Per-layer error, sensitivity, mixed precision and the report."""

@@ -1,0 +1,175 @@
+"""QuantConfig: what to quantize and how. Typed and frozen; JSON at the edges with a format version.
+
+A config holds objects (QTypes, granularities, estimator classes); names appear only in JSON and the CLI,
+resolved through the registries.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import json
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from lowbit.core.granularity import MXBlock, PerChannel, PerGroup, PerTensor, PerToken, PerVector
+from lowbit.core.qtype import QType, get_qtype
+
+CONFIG_VERSION = 1
+GRANULARITIES = {c.__name__: c for c in (PerTensor, PerChannel, PerGroup, PerToken, PerVector, MXBlock)}
+
+
+class Mode(enum.Enum):
+    """STATIC: activation ranges calibrated once. DYNAMIC: computed per batch at run time.
+    WEIGHT_ONLY: activations stay float."""
+
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+    WEIGHT_ONLY = "weight_only"
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one tensor is quantized: element type, granularity, symmetry and the range estimator."""
+
+    qtype: QType
+    granularity: Any = PerTensor()
+    symmetric: bool = True
+    estimator: str = "minmax"
+    estimator_options: tuple[tuple[str, Any], ...] = ()
+
+    def with_bits(self, bits: int) -> QuantSpec:
+        signed = getattr(self.qtype, "signed", True)
+        return replace(self, qtype=get_qtype(f"{'int' if signed else 'uint'}{bits}"))
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """Overrides for the layers whose name matches `pattern` (fnmatch glob) or whose module type name equals
+    `module_type` (e.g. "Linear", "Conv2d"). `keep_float` leaves the layer unquantized. `weight` and
+    `activation`, when given, replace the config's specs for those layers."""
+
+    pattern: str | None = None
+    module_type: str | None = None
+    keep_float: bool = False
+    weight: QuantSpec | None = None
+    activation: QuantSpec | None = None
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.pattern is None and self.module_type is None:
+            raise ValueError("a LayerRule needs a name pattern or a module type")
+
+    def matches(self, name: str, module_type: str | None) -> bool:
+        if self.pattern is not None and not fnmatch.fnmatchcase(name, self.pattern):
+            return False
+        return self.module_type is None or self.module_type == module_type
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """The whole recipe. `weight` None keeps weights float; `activation` is ignored in WEIGHT_ONLY mode.
+    `fully_quantized` also quantizes the outputs of add, concat, pooling, activations and layer norm."""
+
+    weight: QuantSpec | None
+    activation: QuantSpec | None
+    mode: Mode = Mode.STATIC
+    fully_quantized: bool = False
+    rules: tuple[LayerRule, ...] = ()
+    calibration: str = "estimator"  # or "easyquant"
+    fold_bn: bool = True
+    version: int = CONFIG_VERSION
+
+    def for_layer(self, name: str, module_type: str | None) -> tuple[QuantSpec | None, QuantSpec | None, str]:
+        """(weight spec, activation spec, why-kept-float) for one layer after applying the rules in order."""
+        w, a = self.weight, (None if self.mode is Mode.WEIGHT_ONLY else self.activation)
+        for r in self.rules:
+            if r.matches(name, module_type):
+                if r.keep_float:
+                    return None, None, r.reason or f"rule {r.pattern or r.module_type}: keep float"
+                w, a = r.weight or w, r.activation or a
+        return w, a, ""
+
+    def with_rules(self, *rules: LayerRule) -> QuantConfig:
+        return replace(self, rules=self.rules + tuple(rules))
+
+    def to_json(self) -> str:
+        return json.dumps(_encode(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> QuantConfig:
+        data = json.loads(text)
+        version = data.get("version")
+        if version is None or version > CONFIG_VERSION:
+            raise ValueError(
+                f"config format version {version} is not supported by this lowbit (reads up to {CONFIG_VERSION}); "
+                "upgrade lowbit or re-create the config"
+            )
+        return _decode_config(data)
+
+
+def _spec(qtype: str, gran=PerTensor(), symmetric=True, estimator="minmax") -> QuantSpec:
+    return QuantSpec(get_qtype(qtype), gran, symmetric, estimator)
+
+
+PRESETS: dict[str, QuantConfig] = {
+    # uint8 asymmetric activations + int8 per-channel weights: onnxruntime's fast U8S8 path on x86.
+    "w8a8": QuantConfig(_spec("int8", PerChannel(0)), _spec("uint8", symmetric=False)),
+    "w8a8-dynamic": QuantConfig(_spec("int8", PerChannel(0)), _spec("int8", PerToken()), mode=Mode.DYNAMIC),
+    "w4a8": QuantConfig(_spec("int4", PerChannel(0)), _spec("uint8", symmetric=False)),
+    "w4a16": QuantConfig(_spec("int4", PerGroup(128), symmetric=False), None, mode=Mode.WEIGHT_ONLY),
+    "w8a16": QuantConfig(_spec("int8", PerChannel(0)), None, mode=Mode.WEIGHT_ONLY),
+}
+
+
+def preset(name: str, **changes: Any) -> QuantConfig:
+    """A copy of a named preset, optionally with fields replaced."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    return replace(PRESETS[name], **changes)
+
+
+def _encode(obj: Any) -> Any:
+    if isinstance(obj, QType):
+        return obj.name
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if type(obj).__name__ in GRANULARITIES and hasattr(obj, "__dataclass_fields__"):
+        return {"type": type(obj).__name__, **{f.name: getattr(obj, f.name) for f in fields(obj)}}
+    if hasattr(obj, "__dataclass_fields__"):
+        return {f.name: _encode(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, tuple):
+        return [_encode(v) for v in obj]
+    return obj
+
+
+def _decode_spec(d: dict | None) -> QuantSpec | None:
+    if d is None:
+        return None
+    g = dict(d["granularity"])
+    gran = GRANULARITIES[g.pop("type")](**g)
+    opts = tuple((k, v) for k, v in d.get("estimator_options", []))
+    return QuantSpec(get_qtype(d["qtype"]), gran, d["symmetric"], d["estimator"], opts)
+
+
+def _decode_config(d: dict) -> QuantConfig:
+    rules = tuple(
+        LayerRule(
+            r.get("pattern"), r.get("module_type"), r.get("keep_float", False),
+            _decode_spec(r.get("weight")), _decode_spec(r.get("activation")), r.get("reason", ""),
+        )
+        for r in d.get("rules", [])
+    )
+    return QuantConfig(
+        weight=_decode_spec(d.get("weight")),
+        activation=_decode_spec(d.get("activation")),
+        mode=Mode(d.get("mode", "static")),
+        fully_quantized=d.get("fully_quantized", False),
+        rules=rules,
+        calibration=d.get("calibration", "estimator"),
+        fold_bn=d.get("fold_bn", True),
+        version=d["version"],
+    )
+
+
+__all__ = ["CONFIG_VERSION", "LayerRule", "Mode", "PRESETS", "QuantConfig", "QuantSpec", "preset"]

@@ -1,0 +1,1 @@
+"""Model <-> quantizable graph: capture with torch.export, fold BN, place quantizers."""

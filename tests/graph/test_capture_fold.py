@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from lowbit.graph.capture import CaptureError, capture
+from lowbit.graph.fold_bn import fold_bn
+from tests.graph.models import TinyAttention, TinyCNN, images, tokens, trained_bn
+
+aten = torch.ops.aten
+
+
+def _targets(gm):
+    return [n.target for n in gm.graph.nodes if n.op == "call_function"]
+
+
+def test_sdpa_is_decomposed_into_two_matmuls_with_same_output():
+    model = TinyAttention().eval()
+    batch = tokens()[0]
+    gm = capture(model, batch)
+    t = _targets(gm)
+    assert aten.scaled_dot_product_attention.default not in t
+    assert t.count(aten.matmul.default) == 2
+    for x, mask in tokens(seed=1):
+        assert torch.allclose(gm(x, mask), model(x, mask), atol=1e-5)
+
+
+def test_dynamic_batch_after_capture():
+    model = trained_bn(TinyCNN())
+    gm = capture(model, images(batch=4)[0])
+    x = torch.randn(7, 3, 12, 12)
+    assert torch.allclose(gm(x), model(x), atol=1e-5)
+
+
+def test_fold_bn_keeps_outputs_and_removes_bn():
+    model = trained_bn(TinyCNN())
+    gm = capture(model, images()[0])
+    folded = fold_bn(gm)
+    assert len(folded) == 1
+    assert aten.batch_norm.default not in _targets(gm)
+    for (x,) in images(seed=3):
+        assert torch.allclose(gm(x), model(x), atol=1e-5)
+
+
+def test_user_model_untouched_by_capture_and_fold():
+    model = trained_bn(TinyCNN())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fold_bn(capture(model, images()[0]))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+class DataDependent(torch.nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # control flow on data: not capturable
+            return x * 2
+        return x
+
+
+def test_capture_error_names_source_and_suggests_submodules():
+    with pytest.raises(CaptureError) as err:
+        capture(DataDependent(), (torch.randn(2, 3),))
+    msg = str(err.value)
+    assert "DataDependent" in msg and "test_capture_fold.py" in msg
+    assert "submodules" in msg

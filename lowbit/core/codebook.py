@@ -13,6 +13,7 @@ level.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -23,6 +24,11 @@ NF4_OFFSET = 1.0 - 0.5 * (1.0 / (2 * 15) + 1.0 / (2 * 16))
 #: E2M1: 2 exponent bits with bias 1, 1 mantissa bit; its largest magnitude is 1.5 * 2**2.
 FP4_EXP_BITS, FP4_MAN_BITS, FP4_BIAS = 2, 1, 1
 FP4_MAX = (1 + (2**FP4_MAN_BITS - 1) / 2**FP4_MAN_BITS) * 2 ** (2**FP4_EXP_BITS - 1 - FP4_BIAS)
+#: CodeTable keys: the top 16 bits of a float32 (sign, 8 exponent bits, 7 mantissa bits), offset to be >= 0.
+FLOAT32_BITS, KEY_BITS = 32, 16
+KEY_SHIFT = FLOAT32_BITS - KEY_BITS
+KEY_OFFSET = 2 ** (KEY_BITS - 1)
+CODES_PER_BYTE = 2**8
 #: The dynamic map's fractions run linearly over one decade, (DECADE_LOW, 1] times 10**-exponent.
 DECADE_LOW = 0.1
 
@@ -97,39 +103,94 @@ def nearest_code(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return torch.where(tie & (idx % 2 == 1), idx + 1, idx)
 
 
+@dataclass(frozen=True, eq=False)
+class CodeTable:
+    """A sorted codebook plus a lookup table that codes float32 values in a few passes: the fast path of
+    nearest_code, with the same results (the tests compare the two).
+
+    A key is the top KEY_BITS bits of a float32 (sign, exponent, 7 mantissa bits): a run of values no wider
+    than 2**-7 of their magnitude. Per key the table holds `low`, the nearest code at the run's low end, and
+    `mid`, the one midpoint between levels inside the run (+inf if none); a value's code is then
+    low + (x > mid), ties to the even code. When some run holds two midpoints (levels closer than about 1% of
+    their magnitude) the table is not built and `encode` falls back to nearest_code.
+    """
+
+    values: torch.Tensor  # [L] float32, sorted
+    low: torch.Tensor | None  # [2**KEY_BITS] uint8
+    mid: torch.Tensor | None  # [2**KEY_BITS] float32
+
+    @classmethod
+    def build(cls, values: torch.Tensor) -> CodeTable:
+        values = values.detach().to(torch.float32).cpu().contiguous()
+        if values.numel() > CODES_PER_BYTE:
+            raise ValueError(f"a codebook of {values.numel()} levels does not fit uint8 codes (at most 256)")
+        keys = torch.arange(2**KEY_BITS, dtype=torch.int64) - KEY_OFFSET  # [K], signed like the float bits
+        first = (keys << KEY_SHIFT).to(torch.int32).view(torch.float32)  # [K] run ends (swapped if negative)
+        last = ((keys << KEY_SHIFT) + (2**KEY_SHIFT - 1)).to(torch.int32).view(torch.float32)  # [K]
+        ends = torch.stack([first, last]).nan_to_num(nan=math.inf)  # [2, K]; NaN runs never meet finite data
+        ends = torch.where(ends.isinf(), math.inf * torch.sign(keys.float() + 0.5), ends)  # keep the sign
+        code_lo, code_hi = nearest_code(ends.amin(0), values), nearest_code(ends.amax(0), values)  # [K]
+        if (code_hi - code_lo).max() > 1:
+            return cls(values, None, None)
+        mids = torch.cat([(values[1:] + values[:-1]) / 2, torch.full((1,), math.inf)])  # [L], +inf pad
+        mid = torch.where(code_hi > code_lo, mids[code_lo], math.inf)  # [K]
+        # a tie x == mid goes up when the lower code is odd: compare against the float just below mid then
+        tie_up = (code_hi > code_lo) & (code_lo % 2 == 1)
+        mid = torch.where(tie_up, torch.nextafter(mid, torch.tensor(-math.inf)), mid)
+        return cls(values, code_lo.to(torch.uint8), mid)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 index of the nearest level to each element of the finite float32 tensor x."""
+        if self.low is None or x.dtype != torch.float32:
+            return nearest_code(x, self.values).to(torch.uint8)
+        flat = x.reshape(-1)  # [n]
+        key = (flat.view(torch.int32) >> KEY_SHIFT).add_(KEY_OFFSET)  # [n], in [0, 2**KEY_BITS)
+        codes = self.low.to(x.device).index_select(0, key)  # [n] uint8, nearest code at the run's low end
+        codes.add_(flat > self.mid.to(x.device).index_select(0, key))  # +1 past the run's midpoint
+        return codes.view(x.shape)
+
+
 def blockwise_quantize(
-    x: torch.Tensor, values: torch.Tensor, block_size: int
+    x: torch.Tensor, values: torch.Tensor | CodeTable, block_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-wise absmax quantization of the flattened x onto a codebook (8-bit optimizers, section 2.1).
 
     Returns (codes uint8 [numel], absmax float32 [ceil(numel / block_size)]). Each block of block_size
     consecutive elements of x.flatten() is divided by its absolute maximum (an all-zero block by 1) and
-    coded by its nearest level; the last block is padded with zeros, which never raise its absmax.
+    coded by its nearest level; the last block may be short (as if padded with zeros, which never raise its
+    absmax). `values` is the sorted codebook (coded by nearest_code, the reference) or its CodeTable (the
+    same codes, several times faster).
     """
     _check_block_size(block_size)
-    if values.numel() > 256:
-        raise ValueError(f"a codebook of {values.numel()} levels does not fit uint8 codes (at most 256)")
+    table = values if isinstance(values, CodeTable) else None
+    levels = table.values if table is not None else values
+    if levels.numel() > CODES_PER_BYTE:
+        raise ValueError(f"a codebook of {levels.numel()} levels does not fit uint8 codes (at most 256)")
     flat = x.detach().reshape(-1).to(torch.float32)  # [numel]
-    numel = flat.numel()
-    n_blocks = math.ceil(numel / block_size)
-    padded = torch.nn.functional.pad(flat, (0, n_blocks * block_size - numel))  # [n_blocks * block_size]
-    blocks = padded.view(n_blocks, block_size)  # [n_blocks, block_size]
-    absmax = blocks.abs().amax(dim=1)  # [n_blocks]; NaN propagates into its block's absmax
+    head, tail = _split_blocks(flat, block_size)  # [n_full, block_size], [numel % block_size]
+    absmax = head.abs().amax(dim=1)  # [n_full]; NaN propagates into its block's absmax
+    if tail.numel():
+        absmax = torch.cat([absmax, tail.abs().amax(dim=0, keepdim=True)])  # [n_blocks]
     if not torch.isfinite(absmax).all():
         bad = (~torch.isfinite(absmax)).nonzero().flatten().tolist()
         raise ValueError(
-            f"cannot quantize a tensor holding NaN or Inf (in blocks {bad[:8]} of {n_blocks}); "
+            f"cannot quantize a tensor holding NaN or Inf (in blocks {bad[:8]} of {absmax.numel()}); "
             "check the values (e.g. gradients) for overflow before quantizing"
         )
     scale = torch.where(absmax > 0, absmax, torch.ones_like(absmax))  # [n_blocks]
-    codes = nearest_code(blocks / scale[:, None], values)  # [n_blocks, block_size]
-    return codes.reshape(-1)[:numel].to(torch.uint8), absmax  # [numel], [n_blocks]
+    u = torch.empty_like(flat)  # [numel], x / absmax of its block, in [-1, 1]
+    u_head, u_tail = _split_blocks(u, block_size)
+    torch.div(head, scale[: head.shape[0], None], out=u_head)  # [n_full, block_size]
+    if tail.numel():
+        torch.div(tail, scale[head.shape[0] :], out=u_tail)  # [numel % block_size]
+    codes = table.encode(u) if table is not None else nearest_code(u, levels).to(torch.uint8)
+    return codes, absmax  # [numel], [n_blocks]
 
 
 def blockwise_dequantize(
     codes: torch.Tensor,
     absmax: torch.Tensor,
-    values: torch.Tensor,
+    values: torch.Tensor | CodeTable,
     shape: torch.Size | tuple[int, ...],
     block_size: int,
 ) -> torch.Tensor:
@@ -139,6 +200,7 @@ def blockwise_dequantize(
     have been split 5 + 5 or 6 + 4).
     """
     _check_block_size(block_size)
+    levels = values.values if isinstance(values, CodeTable) else values
     numel = math.prod(shape)
     n_blocks = math.ceil(numel / block_size)
     if codes.numel() != numel or absmax.numel() != n_blocks:
@@ -146,10 +208,20 @@ def blockwise_dequantize(
             f"{codes.numel()} codes and {absmax.numel()} scales do not fit shape {tuple(shape)} in blocks of "
             f"{block_size} (expected {numel} codes and {n_blocks} scales)"
         )
-    levels = values.to(device=codes.device, dtype=torch.float32)[codes.reshape(-1).long()]  # [numel]
-    padded = torch.nn.functional.pad(levels, (0, n_blocks * block_size - numel))  # [n_blocks * block_size]
-    out = padded.view(n_blocks, block_size) * absmax.to(torch.float32)[:, None]  # [n_blocks, block_size]
-    return out.reshape(-1)[:numel].reshape(shape)  # [*shape]
+    levels = levels.to(device=codes.device, dtype=torch.float32)
+    out = levels.index_select(0, codes.reshape(-1).to(torch.int32))  # [numel], the levels in [-1, 1]
+    head, tail = _split_blocks(out, block_size)  # views: [n_full, block_size], [numel % block_size]
+    absmax = absmax.to(torch.float32)
+    head.mul_(absmax[: head.shape[0], None])
+    if tail.numel():
+        tail.mul_(absmax[head.shape[0] :])
+    return out.view(shape)  # [*shape]
+
+
+def _split_blocks(flat: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views of a 1-D tensor: its full blocks [n_full, block_size] and the short last block [rest]."""
+    full = flat.numel() // block_size * block_size
+    return flat[:full].view(-1, block_size), flat[full:]
 
 
 def _check_block_size(block_size: object) -> None:

@@ -32,8 +32,29 @@ test: setup
 test-all: setup
 	$(VPY) -m pytest -q -m '' tests
 
+# The main job: quantize EfficientNet-Lite0 (w8a8) on bundled photos; report in out/demo/ (about 3-5 min, 2 cores).
+demo: setup
+	mkdir -p $(XDG_CACHE_HOME)
+	$(VENV)/bin/lowbit quantize --model efficientnet-lite0 --preset w8a8 --n-calib 64 --n-eval 128 \
+		--report-samples 4 --out out/demo
+
 lint: setup
 	$(VPY) -m ruff check lowbit tests bench
 
 clean:
 	rm -rf $(VENV) .cache
+
+# Peers for bench/ (see bench/peers/). torchao's wheel is installed with --no-deps and nncf under a torch
+# constraint, so that torch stays 2.13.0 (CPU). NNCF 3.4.0 itself does not depend on torch.
+BENCH_STAMP := $(VENV)/.lowbit-bench-setup
+bench-setup: $(BENCH_STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install -q --no-deps torchao==0.18.0
+	echo "torch==2.13.0" > $(VENV)/torch-constraint.txt
+	$(PIP) install -q -c $(VENV)/torch-constraint.txt nncf==3.4.0
+	touch $(BENCH_STAMP)
+
+bench: bench-setup
+	mkdir -p $(XDG_CACHE_HOME)
+	$(VPY) bench/run.py --suite quick

@@ -39,10 +39,10 @@ def quantize(
     qmodel.prepare_weights()
     if config.mode is Mode.STATIC and config.activation is not None:
         calibrate(qmodel, batches, progress=progress)
-    if config.calibration == "easyquant":
-        from lowbit.ptq.easyquant import easyquant
+    if config.calibration != "estimator":
+        from lowbit.ptq import CALIBRATIONS
 
-        easyquant(qmodel, batches, progress=progress)
+        CALIBRATIONS.get(config.calibration)(qmodel, batches, progress=progress)
     qmodel.calibration_seconds = time.perf_counter() - t0
     log.info("quantized %d of %d layers in %.1f s", len(qmodel.quantized_layers()), len(qmodel.layers),
              qmodel.calibration_seconds)

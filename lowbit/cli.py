@@ -89,3 +89,84 @@ def _print_table(info: dict, methods: dict) -> None:
     console.print(table)
     for note in notes:
         console.print(note, highlight=False)
+
+
+def _quantize_options(func):
+    """Options shared by `quantize` and `report` (see lowbit.quantize_cmd.QuantizeRequest)."""
+    int_opt = {"type": int, "show_default": True}
+    options = [
+        click.option("--model", required=True, help="A zoo name (efficientnet-lite0, minilm, smollm2, "
+                     "fashion-cnn), pkg.module:factory, a .pt2 file (torch.export.save) or a TorchScript "
+                     ".pt file."),
+        click.option("--calib", default=None, help="Calibration data: tensors (.npy/.pt/.safetensors; "
+                     "one positional input per tensor, split along axis 0), a folder of images (ImageNet "
+                     "preprocessing, see --image-size) or a .txt file, one sentence per line (needs "
+                     "--tokenizer). Required for a user's model; a zoo model uses its own data."),
+        click.option("--eval", "eval_data", default=None, help="Evaluation data for a user's model, "
+                     "formats as --calib (default: the calibration data, said so in the summary)."),
+        click.option("--preset", default="w8a8", show_default=True,
+                     help="w8a8, w8a8-dynamic, w4a8, w4a16 or w8a16."),
+        click.option("--estimator", default=None, help="Activation range estimator: minmax, ema, "
+                     "percentile, mse, kl, admm, aciq, or easyquant (scale search after minmax)."),
+        click.option("--fully-quantized", is_flag=True, help="Also quantize outputs of add, concat, "
+                     "pooling, activations and layer norm."),
+        click.option("--keep-float", multiple=True, help="Keep layers matching this name glob in float "
+                     "(repeatable)."),
+        click.option("--mixed-precision", type=float, default=None, help="Keep the fewest most sensitive "
+                     "layers in float until the zoo task's primary metric (a user's model: output SQNR in "
+                     "dB on the calibration data) reaches this target."),
+        click.option("--n-calib", type=int, default=None, help="Cap on calibration samples (zoo models)."),
+        click.option("--n-eval", type=int, default=None, help="Cap on evaluation samples (zoo models)."),
+        click.option("--batch-size", default=8, help="Rows per batch of --calib data.", **int_opt),
+        click.option("--tokenizer", default=None, help="Local Hugging Face tokenizer folder for .txt data."),
+        click.option("--image-size", default=224, help="Square crop for image data.", **int_opt),
+        click.option("--report-samples", default=8, help="Evaluation samples the report analyses.",
+                     **int_opt),
+        click.option("--threads", type=int, default=None, help="torch threads (default: torch's)."),
+        click.option("--debug", is_flag=True, help="Show the full traceback on errors."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _run_quantize(opts: dict, out: str | None) -> dict:
+    import contextlib
+    import sys
+
+    from lowbit import quantize_cmd as qc
+
+    debug, threads, eval_data = opts.pop("debug"), opts.pop("threads"), opts.pop("eval_data")
+    qc.torch_threads(threads)
+    keep_float = tuple(opts.pop("keep_float"))
+    request = qc.QuantizeRequest(**opts, eval=eval_data, keep_float=keep_float, out=out)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # libraries that print must not spoil --json output
+            return qc.run(request)
+    except qc.EXPECTED_ERRORS as err:
+        if debug:
+            raise
+        raise click.ClickException(qc.error_message(err)) from None
+
+
+@main.command()
+@_quantize_options
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Folder for config.json, summary.json and the report.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def quantize(out, as_json, **opts) -> None:
+    """Quantize a model and print its before/after size, latency and metrics."""
+    from lowbit.analysis.summary import format_summary
+
+    summary = _run_quantize(opts, out)
+    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+
+
+@main.command()
+@_quantize_options
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the report.")
+def report(out, **opts) -> None:
+    """Quantize a model and write the HTML report (sensitivity, ranges, kept-float layers, before/after)."""
+    from lowbit.analysis.summary import format_summary
+
+    click.echo(format_summary(_run_quantize(opts, out)))

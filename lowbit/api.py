@@ -24,13 +24,20 @@ def quantize(
     calib_data: Iterable,
     config: QuantConfig | str = "w8a8",
     *,
+    submodules: Sequence[str] | None = None,
     progress: bool | None = None,
 ) -> QuantizedModel:
     """Capture `model`, fold BatchNorm, place quantizers as `config` says, compute weight ranges, calibrate
     activation ranges on `calib_data` (an iterable of batches: tensors or tuples of positional tensors)
-    and return the QuantizedModel. The user's model is never modified."""
+    and return the QuantizedModel. The user's model is never modified.
+
+    `submodules`: for a model that cannot be captured whole, quantize only these named submodules (each fed
+    the inputs it receives when the model runs on `calib_data`) and return a copy of the model in which they
+    are replaced by QuantizedModels."""
     config = preset(config) if isinstance(config, str) else config
     batches = check_batches(calib_data)
+    if submodules:
+        return _quantize_submodules(model, batches, config, submodules, progress)
     t0 = time.perf_counter()
     gm = capture(model, batches[0])
     folded = fold_bn(gm) if config.fold_bn else []
@@ -47,6 +54,37 @@ def quantize(
     log.info("quantized %d of %d layers in %.1f s", len(qmodel.quantized_layers()), len(qmodel.layers),
              qmodel.calibration_seconds)
     return qmodel
+
+
+def _quantize_submodules(model, batches, config, names, progress) -> torch.nn.Module:
+    import copy
+
+    copied = copy.deepcopy(model).eval()
+    for name in names:
+        try:
+            sub = copied.get_submodule(name)
+        except AttributeError:
+            children = [n for n, _ in copied.named_children()]
+            raise ValueError(f"no submodule {name!r}; children of the model: {children}") from None
+        inputs: list[Batch] = []
+
+        def record(_module, args, kwargs, inputs=inputs, name=name):
+            if kwargs or not all(isinstance(a, torch.Tensor) for a in args):
+                raise TypeError(f"submodule {name!r} is called with keyword or non-tensor arguments; "
+                                "choose a submodule called with positional tensors only")
+            inputs.append(tuple(a.detach() for a in args))
+
+        handle = sub.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            with torch.inference_mode():
+                for batch in batches:
+                    copied(*batch)
+        finally:
+            handle.remove()
+        owner, _, attr = name.rpartition(".")
+        parent = copied.get_submodule(owner) if owner else copied
+        setattr(parent, attr, quantize(sub, inputs, config, progress=progress))
+    return copied
 
 
 def calibrate(qmodel: QuantizedModel, batches: Sequence[Batch], progress: bool | None = None) -> None:
@@ -77,7 +115,9 @@ def check_batches(data: Iterable) -> list[Batch]:
     first = batches[0]
     for i, b in enumerate(batches, 1):
         if len(b) != len(first):
-            raise ValueError(f"batch {i} has {len(b)} inputs but batch 1 has {len(first)}; every batch needs the same inputs")
+            raise ValueError(
+                f"batch {i} has {len(b)} inputs but batch 1 has {len(first)}; every batch needs the same inputs"
+            )
         for j, t in enumerate(b):
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"batch {i}, input {j} is {type(t).__name__}; calibration batches hold tensors")

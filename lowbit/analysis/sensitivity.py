@@ -46,7 +46,9 @@ def sensitivity(qmodel: QuantizedModel, batches: Sequence[Batch], progress: bool
     return sorted(result, key=lambda e: e.sqnr_db)
 
 
-def cumulative_error(qmodel: QuantizedModel, batches: Sequence[Batch], progress: bool | None = None) -> list[LayerError]:
+def cumulative_error(
+    qmodel: QuantizedModel, batches: Sequence[Batch], progress: bool | None = None
+) -> list[LayerError]:
     """Output error with layers 1..k quantized, for each k in graph order (where the error builds up)."""
     ref = float_outputs(qmodel, batches)
     on: set[str] = set()

@@ -34,7 +34,8 @@ def unpack(packed: torch.Tensor, bits: int, numel: int, signed: bool = False) ->
     _check(bits)
     per_byte = 8 // bits
     if packed.numel() * per_byte < numel:
-        raise ValueError(f"{packed.numel()} bytes hold at most {packed.numel() * per_byte} {bits}-bit values, not {numel}")
+        capacity = packed.numel() * per_byte
+        raise ValueError(f"{packed.numel()} bytes hold at most {capacity} {bits}-bit values, not {numel}")
     shifts = torch.arange(per_byte, dtype=torch.int32) * bits  # (per_byte,)
     v = (packed.to(torch.int32).reshape(-1, 1) >> shifts) & (2**bits - 1)  # (num_bytes, per_byte)
     v = v.reshape(-1)[:numel]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from lowbit.core.granularity import from_blocks, to_blocks
 from lowbit.core.primitives import Rounding, fake_quantize
 from lowbit.core.qparams import QParams
-from lowbit.core.granularity import from_blocks, to_blocks
 
 
 class _FakeQuantSTE(torch.autograd.Function):

@@ -40,7 +40,8 @@ class QuantizedModel(torch.nn.Module):
 
     def weight_of(self, layer: LayerInfo) -> torch.Tensor:
         """The float weight a layer's weight quantizer reads."""
-        node = next(n for n in self.graph_module.graph.nodes if n.op == "call_module" and n.target == layer.weight_quantizer)
+        nodes = self.graph_module.graph.nodes
+        node = next(n for n in nodes if n.op == "call_module" and n.target == layer.weight_quantizer)
         owner, _, attr = str(node.args[0].target).rpartition(".")
         return getattr(self.graph_module.get_submodule(owner) if owner else self.graph_module, attr)
 

@@ -60,3 +60,31 @@ def test_capture_error_names_source_and_suggests_submodules():
     msg = str(err.value)
     assert "DataDependent" in msg and "test_capture_fold.py" in msg
     assert "submodules" in msg
+
+
+class Wrapper(torch.nn.Module):
+    """Untraceable at the top (data-dependent branch) with a traceable child."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+
+    def forward(self, x):
+        y = self.body(x)
+        return y * 2 if y.sum() > 0 else y
+
+
+def test_untraceable_model_quantized_through_its_submodules():
+    from lowbit.api import quantize
+    from lowbit.graph.quantized_model import QuantizedModel
+
+    model = Wrapper().eval()
+    data = [(torch.randn(4, 8),) for _ in range(3)]
+    with pytest.raises(CaptureError):
+        quantize(model, data, "w8a8")
+    q = quantize(model, data, "w8a8", submodules=["body"])
+    assert isinstance(q.body, QuantizedModel) and not isinstance(model.body, QuantizedModel)
+    x = torch.randn(4, 8)
+    assert torch.allclose(q(x), model(x), atol=0.1)
+    with pytest.raises(ValueError, match="no submodule 'bdy'"):
+        quantize(model, data, "w8a8", submodules=["bdy"])

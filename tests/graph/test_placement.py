@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from lowbit.api import quantize
 from lowbit.config import LayerRule, preset

@@ -3,7 +3,8 @@ import torch
 
 from lowbit.api import quantize
 from lowbit.config import Mode, QuantConfig, preset
-from lowbit.core import PerChannel, PerTensor, dequantize, fake_quantize, get_qtype, quantize as q_codes
+from lowbit.core import PerChannel, PerTensor, dequantize, fake_quantize, get_qtype
+from lowbit.core import quantize as q_codes
 from lowbit.metrics import sqnr_db
 from tests.graph.models import TinyAttention, TinyCNN, images, tokens, trained_bn
 

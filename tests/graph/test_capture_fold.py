@@ -78,13 +78,17 @@ def test_untraceable_model_quantized_through_its_submodules():
     from lowbit.api import quantize
     from lowbit.graph.quantized_model import QuantizedModel
 
+    torch.manual_seed(0)
     model = Wrapper().eval()
-    data = [(torch.randn(4, 8),) for _ in range(3)]
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(4, 8, generator=g),) for _ in range(3)]
     with pytest.raises(CaptureError):
         quantize(model, data, "w8a8")
     q = quantize(model, data, "w8a8", submodules=["body"])
     assert isinstance(q.body, QuantizedModel) and not isinstance(model.body, QuantizedModel)
-    x = torch.randn(4, 8)
-    assert torch.allclose(q(x), model(x), atol=0.1)
+    from lowbit.metrics import sqnr_db
+
+    x = data[0][0]  # inside the calibrated range: only rounding error remains
+    assert sqnr_db(model(x).detach(), q(x).detach()) > 30
     with pytest.raises(ValueError, match="no submodule 'bdy'"):
         quantize(model, data, "w8a8", submodules=["bdy"])

@@ -82,7 +82,8 @@ class QuantizedModel(torch.nn.Module):
             for n, m in self.graph_module.named_children():
                 if hasattr(m, "enabled"):
                     is_output = n in self.output_quantizers
-                    m.enabled = (on is None or n in on) if not is_output else (outputs and on is None)
+                    wanted = (on is None or n in on) if not is_output else (outputs and on is None)
+                    m.enabled = wanted and not getattr(m, "kept_float", "")
             yield
         finally:
             for n, m in self.graph_module.named_children():
@@ -120,6 +121,7 @@ class QuantizedModel(torch.nn.Module):
             "quantized_layers": len(q),
             "kept_float": {i.name: i.kept_float for i in self.layers.values() if i.kept_float},
             "float_ops": self.float_ops,
+            "float_edges": {n: q.kept_float for n, q in self.act_quantizers().items() if q.kept_float},
             "activation_quantizers": len(self.act_quantizers()),
             "folded_bn": len(self.folded_bn),
             "weight_bytes": self.weight_bytes(),

@@ -13,6 +13,11 @@ from lowbit.core.primitives import dynamic_qparams, fake_quantize
 from lowbit.core.qparams import QParams
 
 
+# Values this large are masks (BERT-style attention masks add float32-min), not data: a quantizer range
+# stretched to them would put every real value in one bin.
+MASK_MAGNITUDE = 1e9
+
+
 def make_estimator(spec: QuantSpec):
     from lowbit.calib import make_estimator as _make  # calib registers estimators on import
 
@@ -29,6 +34,7 @@ class ActQuantizer(torch.nn.Module):
         self.observing = False
         self.qparams: QParams | None = None
         self.estimator = None
+        self.kept_float = ""
 
     def start_observing(self) -> None:
         if not self.dynamic:
@@ -36,9 +42,15 @@ class ActQuantizer(torch.nn.Module):
             self.observing = True
 
     def freeze(self) -> None:
-        if self.observing:
-            self.qparams = self.estimator.qparams(self.spec.qtype, symmetric=self.spec.symmetric)
-            self.observing = False
+        if not self.observing:
+            return
+        self.observing = False
+        peak = max(abs(float(self.estimator.min.min())), abs(float(self.estimator.max.max())))
+        if peak >= MASK_MAGNITUDE:
+            self.enabled = False
+            self.kept_float = f"observed |x| up to {peak:.3g}: a masking value, not data; edge kept float"
+            return
+        self.qparams = self.estimator.qparams(self.spec.qtype, symmetric=self.spec.symmetric)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled or not x.is_floating_point():

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from lowbit.api import quantize
 from lowbit.config import LayerRule, preset
@@ -56,3 +57,30 @@ def test_module_type_rule_changes_bits():
     wq = qm.graph_module.get_submodule(qm.layers["head"].weight_quantizer)
     assert wq.qparams.qtype.bits == 4
     assert qm.graph_module.get_submodule(qm.layers["stem"].weight_quantizer).qparams.qtype.bits == 8
+
+
+class MaskAdd(torch.nn.Module):
+    """An add on a mask path (float32-min for padded positions) beside a data path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x, mask):
+        bias = (1.0 - mask.float()) * torch.finfo(torch.float32).min
+        scores = self.lin(x) + bias.unsqueeze(-1).expand_as(x) * 0 + bias.unsqueeze(-1)
+        return torch.softmax(scores.clamp_min(-1e4), dim=1) + x
+
+
+def test_mask_valued_edges_stay_float_in_fully_quantized_mode():
+    g = torch.Generator().manual_seed(0)
+    data = []
+    for _ in range(2):
+        mask = torch.ones(3, 5, dtype=torch.long)
+        mask[0, 3:] = 0
+        data.append((torch.randn(3, 5, 8, generator=g), mask))
+    qm = quantize(MaskAdd().eval(), data, preset("w8a8", fully_quantized=True))
+    edges = qm.summary()["float_edges"]
+    assert edges and all("masking value" in why for why in edges.values())
+    out = qm(*data[0])
+    assert torch.isfinite(out).all()

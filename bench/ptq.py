@@ -85,9 +85,17 @@ def run_model(name: str, variants: list[str] | None, n_calib, n_eval, mixed: boo
             "setup": f"{n_cal} calibration and {n_ev} evaluation samples"}
 
 
+def merge(old: dict, new: dict) -> dict:
+    """`old` with the rows of `new` replacing those of the same name (and new rows appended)."""
+    rows = {r["name"]: r for r in old["rows"]}
+    rows.update({r["name"]: r for r in new["rows"]})
+    commands = [c for c in (old.get("command"), new["command"]) if c]
+    return {**old, "rows": list(rows.values()), "command": " ; ".join(dict.fromkeys(commands))}
+
+
 def table(result: dict) -> str:
     primary = result["primary_metric"]
-    lines = [f"### {result['model']} ({result['setup']})", "",
+    lines = [f"### {result['model']} ({result['setup']})", "", f"Command: `{result.get('command', '')}`", "",
              "| variant | " + primary + " | other metrics | weight MB | calib s | peak RSS MiB | note |",
              "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -130,7 +138,10 @@ def main() -> None:
     for name in args.models:
         res = run_model(name, args.variants, args.n_calib, args.n_eval, not args.no_mixed)
         res["command"] = command
-        (out / f"ptq-{name}.json").write_text(json.dumps(res, indent=1))
+        path = out / f"ptq-{name}.json"
+        if args.variants and path.exists():  # a partial re-run replaces only its own rows
+            res = merge(json.loads(path.read_text()), res)
+        path.write_text(json.dumps(res, indent=1))
         results.append(res)
     saved = [json.loads((out / f"ptq-{m}.json").read_text()) for m in MODELS if (out / f"ptq-{m}.json").exists()]
     write_markdown(saved, command)

@@ -2,7 +2,8 @@
 
 Courbariaux, Bengio and David, "BinaryConnect: Training Deep Neural Networks with binary weights during
 propagations", NeurIPS 2015. Deterministic: w_b = +1 if w >= 0 else -1 (equation 1). Stochastic: w_b = +1 with
-probability p = hard_sigmoid(w) = clip((w + 1) / 2, 0, 1), else -1 (equations 2-3); at test time
+probability p = hard_sigmoid(w / H) = clip((w / H + 1) / 2, 0, 1), else -1 (equations 2-3, with the reference
+code's Glorot bound H as the weight range); at test time
 the deterministic
 sign is used (the paper's binary inference option). Gradients pass straight through to the
 real-valued weights,
@@ -56,13 +57,27 @@ class SignWeight(WeightQuantizer):
         return binary_export(w, torch.ones(w.shape[0]))
 
 
+def glorot_bound(weight: torch.Tensor) -> float:
+    """H = sqrt(1.5 / (fan_in + fan_out)): the range BinaryConnect's reference code scales weights to (its "H",
+    Glorot's bound), so that hard_sigmoid(w / H) is a real probability for weights of a trained network."""
+    fan_out = weight.shape[0]
+    fan_in = weight[0].numel()
+    receptive = weight[0, 0].numel() if weight.dim() > 2 else 1
+    return (1.5 / (fan_in + fan_out * receptive)) ** 0.5
+
+
 class StochasticSignWeight(SignWeight):
-    """Stochastic BinaryConnect: +1 with probability hard_sigmoid(w) during training, sign(w) at test time."""
+    """Stochastic BinaryConnect: +1 with probability hard_sigmoid(w / H) during training, sign(w) at test time.
+    H is the Glorot bound of the layer (the reference code's H); gradients pass where |w| <= H."""
+
+    def __init__(self, bits: int, weight: torch.Tensor) -> None:
+        super().__init__(bits, weight)
+        self.h = glorot_bound(weight)
 
     def train_forward(self, w):
-        p = ((w.detach() + 1) / 2).clamp(0, 1)
+        p = ((w.detach() / self.h + 1) / 2).clamp(0, 1)
         w_b = torch.where(torch.rand_like(p) < p, 1.0, -1.0).to(w.dtype)
-        return straight_through(w, w_b)
+        return straight_through(w, w_b, clip=self.h)
 
 
 _PAPER = "Courbariaux et al., BinaryConnect, NeurIPS 2015"

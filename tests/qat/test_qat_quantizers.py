@@ -150,8 +150,12 @@ def test_sign_and_bwn_forward_and_gradients(w):
 
 def test_binaryconnect_probability_is_hard_sigmoid():
     torch.manual_seed(0)
-    w = torch.tensor([-2.0, -0.5, 0.0, 0.5, 2.0]).repeat(20000, 1)
+    base = torch.tensor([-2.0, -0.5, 0.0, 0.5, 2.0])
+    w = base.repeat(20000, 1)
     q = StochasticSignWeight(1, w)
+    h = (1.5 / (5 + 20000)) ** 0.5  # Glorot bound of a 20000 x 5 weight: probabilities are of w / H
+    assert q.h == pytest.approx(h)
+    w = (base * h).repeat(20000, 1)
     p_plus = (q(w) > 0).float().mean(0)
     assert torch.allclose(p_plus, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]), atol=0.01)
     q.eval()

@@ -33,6 +33,8 @@ from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench.common import cpu_flags  # noqa: E402
+from bench.markdown import replace_section as _replace  # noqa: E402
+from bench.markdown import split_heading  # noqa: E402
 from bench.timing import alternate  # noqa: E402
 from lowbit.optim import Adam8bit  # noqa: E402
 from lowbit.zoo import minilm  # noqa: E402
@@ -220,12 +222,7 @@ def verdicts(res) -> list[str]:
 
 
 def replace_section(markdown: str, text: str) -> str:
-    lines = markdown.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        return markdown + ("" if markdown.endswith("\n\n") or not markdown else "\n") + text
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    return "".join(lines[:start]) + text + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
+    return _replace(markdown, *split_heading(text))
 
 
 def write_atomic(path: Path, text: str) -> None:

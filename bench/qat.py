@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from bench.common import cpu_flags
+from bench.markdown import write_section_text
 from bench.timing import alternate
 from lowbit import metrics, qat, zoo
 from lowbit.core.packing import PACK_BITS, pack
@@ -220,17 +221,7 @@ def markdown(result: dict) -> str:
 
 
 def write_section(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "".join(lines[:start]) + text + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
+    write_section_text(path, text)
 
 
 def order_checks(rows: list[dict]) -> list[str]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench.markdown import replace_section as _replace
+from bench.markdown import split_heading
+
 SECTION = "## Runtime comparison (fp32 and peers)"
 BYTES_PER_MB = 1e6
 MODEL_ORDER = ("fashion-cnn", "efficientnet-lite0", "minilm", "smollm2")
@@ -118,15 +121,7 @@ def section_text(results: list[dict]) -> str:
 
 def replace_section(markdown: str, new_section: str) -> str:
     """Replace the text from SECTION up to the next `## ` heading (or the end); append it if absent."""
-    lines = markdown.splitlines(keepends=True)
-    starts = [i for i, line in enumerate(lines) if line.rstrip() == SECTION]
-    if not starts:
-        sep = "" if not markdown or markdown.endswith("\n\n") else ("\n" if markdown.endswith("\n") else "\n\n")
-        return markdown + sep + new_section
-    start = starts[0]
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    tail = "".join(lines[end:])
-    return "".join(lines[:start]) + new_section + ("\n" + tail if tail else "")
+    return _replace(markdown, *split_heading(new_section))
 
 
 def update_markdown(results_dir: Path, suite: str, md_path: Path) -> str:

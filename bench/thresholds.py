@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import cpu_flags  # noqa: E402
+from bench.markdown import write_section_text  # noqa: E402
 from lowbit.calib import METHODS, make_estimator  # noqa: E402
 from lowbit.core import fake_quantize, get_qtype  # noqa: E402
 from lowbit.metrics import sqnr_db  # noqa: E402
@@ -180,16 +181,7 @@ def speed_table() -> list[str]:
 
 def write_section(path: Path, body: str) -> None:
     """Replace (or append) the `## Range estimators` section, leaving every other section as it was."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[end + 1 :] if end >= 0 else "")
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_section_text(path, body)
 
 
 def main() -> None:

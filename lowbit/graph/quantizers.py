@@ -12,7 +12,6 @@ from lowbit.config import QuantSpec
 from lowbit.core.primitives import dynamic_qparams, fake_quantize
 from lowbit.core.qparams import QParams
 
-
 # Values this large are masks (BERT-style attention masks add float32-min), not data: a quantizer range
 # stretched to them would put every real value in one bin.
 MASK_MAGNITUDE = 1e9

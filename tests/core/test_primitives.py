@@ -92,9 +92,12 @@ def test_stochastic_rounding_unbiased_on_codebook():
 @pytest.mark.parametrize("name", ["int8", "uint8", "int4", "nf4", "fp8_e4m3", "fp4_e2m1", "binary", "ternary"])
 @pytest.mark.parametrize("value", [0.0, 3.7, -2.5, 1e-20])
 def test_constant_tensor_round_trips_exactly(name, value):
-    if name == "binary" and value == 0.0:
-        pytest.skip("binary {-1, +1} has no zero level: an all-zero tensor cannot be represented by any scale")
     x = torch.full((4, 8), value)
+    if name == "binary" and value == 0.0:
+        # binary {-1, +1} has no zero level: zeros encode as +1 (sign(0) = +1) times a valid non-zero scale
+        qp = dynamic_qparams(x, get_qtype(name))
+        assert qp.scale.item() > 0 and torch.equal(fake_quantize(x, qp), torch.full_like(x, qp.scale.item()))
+        return
     for sym in ([True, False] if get_qtype(name).is_integer else [True]):
         qp = dynamic_qparams(x, get_qtype(name), PerTensor(), symmetric=sym)
         assert qp.scale.item() > 0

@@ -106,12 +106,11 @@ class QuantizedModel(torch.nn.Module):
             seen.add(id(w))
             if wq.qparams is not None:
                 quantized += w.numel() * bits_per_value(wq.qparams, tuple(w.shape)) / 8
+        # state_dict leaves out the cached fake-quantized weights (non-persistent buffers)
         float_bytes = sum(
-            t.numel() * t.element_size()
-            for t in list(self.graph_module.parameters()) + list(self.graph_module.buffers())
-            if id(t) not in seen and t is not None
+            t.numel() * t.element_size() for t in self.graph_module.state_dict(keep_vars=True).values()
+            if id(t) not in seen
         )
-        float_bytes -= sum(wq.w_hat.numel() * 4 for wq in self.weight_quantizers().values() if wq.w_hat is not None)
         return {"quantized": quantized, "float": float(float_bytes), "total": quantized + float_bytes}
 
     def summary(self) -> dict:

@@ -60,19 +60,6 @@ class Adam8bit(Optimizer8bit):
         )  # fmt: skip
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One Adam step for every parameter with a gradient; returns closure() when given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, group)
-        return loss
-
     def _update(self, p: torch.Tensor, group: dict) -> None:
         grad = self.grad_of(p, group["maximize"])
         lr, wd, eps = float(group["lr"]), group["weight_decay"], group["eps"]

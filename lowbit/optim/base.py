@@ -41,7 +41,7 @@ def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
 class Optimizer8bit(Optimizer):
     """A torch Optimizer whose per-parameter states may be stored as 8-bit block-wise codes.
 
-    Subclasses put their hyperparameters into `defaults`, and in `step` read states with `read_state`,
+    Subclasses put their hyperparameters into `defaults`, and in `_update` read states with `read_state`,
     update them in float32, and store them back with `write_state`.
     """
 
@@ -54,6 +54,22 @@ class Optimizer8bit(Optimizer):
         # the code tables are derived, not state: they are rebuilt here, never saved
         self._maps = {signed: CodeTable.build(dynamic_map(signed=signed)) for signed in (True, False)}
         super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step for every parameter with a gradient (`_update` is the method's rule); returns closure()."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, group)
+        return loss
+
+    def _update(self, p: torch.Tensor, group: dict) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)

@@ -14,6 +14,7 @@ from lowbit.graph.capture import capture
 from lowbit.graph.fold_bn import fold_bn
 from lowbit.graph.placement import place_quantizers
 from lowbit.graph.quantized_model import QuantizedModel
+from lowbit.ptq import CALIBRATIONS, PASSES, run_passes
 
 log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, ...]
@@ -41,15 +42,17 @@ def quantize(
     t0 = time.perf_counter()
     gm = capture(model, batches[0])
     folded = fold_bn(gm) if config.fold_bn else []
+    for spec in config.passes:
+        PASSES.get(spec.name)  # an unknown pass fails before any work is done
+    run_passes("float", gm, batches, config, progress)
     placement = place_quantizers(gm, config)
     qmodel = QuantizedModel(gm, config, placement, folded)
     qmodel.prepare_weights()
     if config.mode is Mode.STATIC and config.activation is not None:
         calibrate(qmodel, batches, progress=progress)
     if config.calibration != "estimator":
-        from lowbit.ptq import CALIBRATIONS
-
         CALIBRATIONS.get(config.calibration)(qmodel, batches, progress=progress)
+    run_passes("quantized", qmodel, batches, config, progress)
     qmodel.calibration_seconds = time.perf_counter() - t0
     log.info("quantized %d of %d layers in %.1f s", len(qmodel.quantized_layers()), len(qmodel.layers),
              qmodel.calibration_seconds)

@@ -110,6 +110,9 @@ def _quantize_options(func):
                      "percentile, mse, kl, admm, aciq, or easyquant (scale search after minmax)."),
         click.option("--fully-quantized", is_flag=True, help="Also quantize outputs of add, concat, "
                      "pooling, activations and layer norm."),
+        click.option("--pass", "passes", multiple=True, help="A post-training pass, NAME or NAME:key=value,..."
+                     " (repeatable, run in order; `lowbit passes` lists them), e.g. --pass equalize "
+                     "--pass adaround:iters=500."),
         click.option("--keep-float", multiple=True, help="Keep layers matching this name glob in float "
                      "(repeatable)."),
         click.option("--mixed-precision", type=float, default=None, help="Keep the fewest most sensitive "
@@ -138,8 +141,8 @@ def _run_quantize(opts: dict, out: str | None) -> dict:
 
     debug, threads, eval_data = opts.pop("debug"), opts.pop("threads"), opts.pop("eval_data")
     qc.torch_threads(threads)
-    keep_float = tuple(opts.pop("keep_float"))
-    request = qc.QuantizeRequest(**opts, eval=eval_data, keep_float=keep_float, out=out)
+    keep_float, passes = tuple(opts.pop("keep_float")), tuple(opts.pop("passes"))
+    request = qc.QuantizeRequest(**opts, eval=eval_data, keep_float=keep_float, passes=passes, out=out)
     try:
         with contextlib.redirect_stdout(sys.stderr):  # libraries that print must not spoil --json output
             return qc.run(request)
@@ -147,6 +150,17 @@ def _run_quantize(opts: dict, out: str | None) -> dict:
         if debug:
             raise
         raise click.ClickException(qc.error_message(err)) from None
+
+
+@main.command()
+def passes() -> None:
+    """List the post-training passes (--pass NAME) with their stage and paper."""
+    from lowbit.ptq import PASSES
+
+    for name in PASSES.names():
+        p = PASSES.get(name)
+        click.echo(f"{name:<18} {p.stage:<10} {(p.fn.__doc__ or '').strip().splitlines()[0] if p.fn.__doc__ else ''}"
+                   f"{'  [' + p.paper + ']' if p.paper else ''}")
 
 
 @main.command()

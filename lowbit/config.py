@@ -67,9 +67,33 @@ class LayerRule:
 
 
 @dataclass(frozen=True)
+class PassSpec:
+    """One post-training pass of `lowbit.ptq.PASSES` by name, with its options (e.g. AdaRound's iterations).
+    Text form, as the CLI takes it: `name` or `name:key=value,key=value` (values parsed as JSON when they can be)."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> PassSpec:
+        name, _, rest = text.partition(":")
+        options = []
+        for item in filter(None, rest.split(",")):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"pass option {item!r} in {text!r} is not key=value (e.g. adaround:iters=500)")
+            try:
+                options.append((key.strip(), json.loads(value)))
+            except json.JSONDecodeError:
+                options.append((key.strip(), value))
+        return cls(name.strip(), tuple(options))
+
+
+@dataclass(frozen=True)
 class QuantConfig:
     """The whole recipe. `weight` None keeps weights float; `activation` is ignored in WEIGHT_ONLY mode.
-    `fully_quantized` also quantizes the outputs of add, concat, pooling, activations and layer norm."""
+    `fully_quantized` also quantizes the outputs of add, concat, pooling, activations and layer norm.
+    `passes` name post-training passes (equalization, bias correction, AdaRound, SmoothQuant, GPTQ...)."""
 
     weight: QuantSpec | None
     activation: QuantSpec | None
@@ -78,6 +102,7 @@ class QuantConfig:
     rules: tuple[LayerRule, ...] = ()
     calibration: str = "estimator"  # or "easyquant"
     fold_bn: bool = True
+    passes: tuple[PassSpec, ...] = ()  # run in order; see lowbit.ptq.PASSES for what each does and when
     version: int = CONFIG_VERSION
 
     def for_layer(self, name: str, module_type: str | None) -> tuple[QuantSpec | None, QuantSpec | None, str]:
@@ -168,8 +193,9 @@ def _decode_config(d: dict) -> QuantConfig:
         rules=rules,
         calibration=d.get("calibration", "estimator"),
         fold_bn=d.get("fold_bn", True),
+        passes=tuple(PassSpec(p["name"], tuple(map(tuple, p.get("options", [])))) for p in d.get("passes", [])),
         version=d["version"],
     )
 
 
-__all__ = ["CONFIG_VERSION", "LayerRule", "Mode", "PRESETS", "QuantConfig", "QuantSpec", "preset"]
+__all__ = ["CONFIG_VERSION", "LayerRule", "Mode", "PRESETS", "PassSpec", "QuantConfig", "QuantSpec", "preset"]

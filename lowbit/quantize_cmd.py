@@ -16,7 +16,7 @@ import torch
 
 from lowbit.analysis.summary import fidelity, finite_json, measure_latency, size_summary
 from lowbit.api import check_batches, quantize
-from lowbit.config import LayerRule, QuantConfig, preset
+from lowbit.config import LayerRule, PassSpec, QuantConfig, preset
 from lowbit.inputs import InputError, LoadedModel, is_tensor_data, load_model, read_batches
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class QuantizeRequest:
     estimator: str | None = None
     fully_quantized: bool = False
     keep_float: tuple[str, ...] = ()
+    passes: tuple[str, ...] = ()
     mixed_precision: float | None = None
     out: str | None = None
     n_calib: int | None = None
@@ -59,6 +60,18 @@ def build_config(req: QuantizeRequest) -> QuantConfig:
         config = replace(config, activation=act)
     if req.fully_quantized:
         config = replace(config, fully_quantized=True)
+    if req.passes:
+        from lowbit.ptq import PASSES
+
+        specs = []
+        for text in req.passes:
+            try:
+                spec = PassSpec.parse(text)
+                PASSES.get(spec.name)
+            except (KeyError, ValueError) as err:
+                raise InputError(str(err).strip('"')) from None
+            specs.append(spec)
+        config = replace(config, passes=config.passes + tuple(specs))
     rules = [LayerRule(pattern=p, keep_float=True, reason=f"--keep-float {p}") for p in req.keep_float]
     return config.with_rules(*rules)
 

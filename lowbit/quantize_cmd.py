@@ -193,6 +193,9 @@ def write_outputs(
     out = Path(req.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(qmodel.config.to_json(), encoding="utf-8")
+    from lowbit.checkpoint import save  # lowbit.load(out / "checkpoint", model) rebuilds qmodel
+
+    save(qmodel, out / "checkpoint")
     report = write_report(
         qmodel,
         loaded.task or evals,

@@ -30,7 +30,11 @@ def test_linear_matches_float_module_with_dequantized_weights():
     allx = torch.cat([b[0] for b in batches])
     assert aq.qparams.scale.item() == pytest.approx((allx.max() - allx.min()).item() / 255, rel=1e-5)
     x = torch.randn(6, 8)
-    ref = torch.nn.functional.linear(fake_quantize(x, aq.qparams), w_deq, lin.bias)
+    # the bias is rounded to int32 codes at s_x * s_w, as an integer kernel adds it to its accumulator
+    s_b = aq.qparams.scale.double() * wq.qparams.scale.double()
+    b_q = (torch.round(lin.bias.detach().double() / s_b) * s_b).float()
+    assert (b_q - lin.bias).abs().max() <= s_b.max() / 2 + 1e-9
+    ref = torch.nn.functional.linear(fake_quantize(x, aq.qparams), w_deq, b_q)
     assert torch.allclose(qm(x), ref, atol=1e-6)
 
 

@@ -13,6 +13,7 @@ import torch
 
 from lowbit.api import Batch, run_batch
 from lowbit.config import LayerRule
+from lowbit.graph.bias import BiasQuantizer
 from lowbit.graph.quantized_model import QuantizedModel
 from lowbit.graph.quantizers import ActQuantizer, WeightQuantizer
 
@@ -92,7 +93,9 @@ class KeepFloat:
         node = next(n for n in gm.graph.nodes if n.name == info.node)
         own = {info.weight_quantizer, *info.input_quantizers} - set(self.qmodel.output_quantizers) - {None}
         for arg in list(node.all_input_nodes):
-            if arg.op != "call_module" or arg.target not in own:
+            if arg.op != "call_module":
+                continue
+            if arg.target not in own and not isinstance(gm.get_submodule(str(arg.target)), BiasQuantizer):
                 continue
             node.replace_input_with(arg, arg.args[0])  # this layer now reads the float value
             if not arg.users:

@@ -18,6 +18,7 @@ from torch import fx
 
 from lowbit.config import Mode, QuantConfig, QuantSpec
 from lowbit.core.granularity import GROUPED
+from lowbit.graph.bias import BiasQuantizer
 from lowbit.graph.nodes import module_name
 from lowbit.graph.quantizers import ActQuantizer, WeightQuantizer
 
@@ -42,6 +43,7 @@ PASS_THROUGH = {
     aten.flatten.using_ints, aten.unsqueeze.default, aten.squeeze.dim, aten.expand.default, aten.clone.default,
     aten.contiguous.default, aten.slice.Tensor, aten.select.int, aten.dropout.default, aten.max_pool2d.default,
 }
+MIN_POW2_GROUP = 16
 BOOKKEEPING = {"getitem", "sym_size", "_assert", "to", "arange", "ones", "zeros", "full", "new_ones", "ge", "lt",
                "__and__", "expand", "slice", "alias", "detach", "scalar_tensor", "lift_fresh_copy", "empty"}
 
@@ -82,6 +84,10 @@ def place_quantizers(gm: fx.GraphModule, config: QuantConfig) -> Placement:
         _quantize_weight(gm, info, node, wspec)
         if aspec is not None:
             _quantize_inputs(gm, info, node, aspec, act_dynamic, quantized_edges)
+            if not act_dynamic:
+                _quantize_bias(gm, info, node)
+            if config.fully_quantized and config.mode is Mode.STATIC:
+                _quantize_layer_output(gm, info, node, aspec, quantized_edges, outputs)
     gm.graph.lint()
     gm.recompile()
     return Placement({k: v[0] for k, v in layers.items()}, outputs, _float_ops(gm, config))
@@ -143,15 +149,18 @@ def _quantize_weight(gm, info: LayerInfo, node: fx.Node, spec: QuantSpec | None)
 
 
 def _fit_group(spec: QuantSpec, shape: tuple[int, ...], info: LayerInfo) -> QuantSpec:
-    """A per-group spec whose group does not divide this weight's dimension gets the largest divisor below it
-    (SmolLM2's 576 input features under groups of 128 get 96), noted on the layer."""
+    """A per-group spec whose group does not divide this weight's dimension gets the largest power-of-two divisor
+    of at least 16 below it (runtimes' blocked kernels, such as onnxruntime's MatMulNBits, take those: SmolLM2's 576
+    input features under groups of 128 get 64), else the largest divisor; noted on the layer."""
     g = spec.granularity
     if not isinstance(g, GROUPED):
         return spec
     dim = shape[g.axis]
     if dim % g.size == 0:
         return spec
-    size = max(d for d in range(1, g.size + 1) if dim % d == 0)
+    divisors = [d for d in range(1, g.size + 1) if dim % d == 0]
+    pow2 = [d for d in divisors if d >= MIN_POW2_GROUP and d & (d - 1) == 0]
+    size = max(pow2 or divisors)
     info.note = f"group {size} instead of {g.size}: {dim} is not a multiple of {g.size}"
     return replace(spec, granularity=replace(g, size=size))
 
@@ -215,6 +224,41 @@ def _quantize_outputs(gm, spec: QuantSpec, quantized_edges) -> dict[str, str]:
         quantized_edges[node] = q
         out[qname] = node.name
     return out
+
+
+def _quantize_bias(gm, info: LayerInfo, node: fx.Node) -> None:
+    """Conv/linear with a quantized input and weight: the bias on the int32 grid s_x * s_w (lowbit/graph/bias.py)."""
+    b = node.args[2] if len(node.args) > 2 else None
+    if not (info.weight_quantizer and info.input_quantizers and isinstance(b, fx.Node) and b.op == "get_attr"):
+        return
+    act = gm.get_submodule(info.input_quantizers[0])
+    bq = BiasQuantizer(info.name, act, gm.get_submodule(info.weight_quantizer))
+    qname = _add_module(gm, f"{info.name}.bq", bq)
+    with gm.graph.inserting_before(node):
+        q = gm.graph.call_module(qname, (b,))
+    node.replace_input_with(b, q)
+
+
+def _quantize_layer_output(gm, info: LayerInfo, node: fx.Node, spec: QuantSpec, quantized_edges, out) -> None:
+    """Fully quantized: a layer's output gets a quantizer unless every reader already quantizes it (an output
+    quantizer, a quantized activation function) or it is the model's output, so that a QDQ runtime finds
+    DQ -> layer -> Q and runs the layer as one integer kernel (QLinearConv, QLinearMatMul)."""
+    readers = list(node.users)
+    if all(u.op == "output" or _quantizes(u, gm) for u in readers):
+        return
+    qname = _add_module(gm, f"{info.name}.out", ActQuantizer(spec, consumers=tuple(u.name for u in readers)))
+    with gm.graph.inserting_after(node):
+        q = gm.graph.call_module(qname, (node,))
+    node.replace_all_uses_with(q, delete_user_cb=lambda u, q=q: u is not q and u.op != "output")
+    quantized_edges[node] = q
+    out[qname] = node.name
+
+
+def _quantizes(user: fx.Node, gm) -> bool:
+    if user.op == "call_module":
+        return isinstance(gm.get_submodule(user.target), ActQuantizer)
+    return user.op == "call_function" and OUTPUT_OPS.get(user.target) == "activation" and any(
+        _quantizes(u, gm) for u in user.users)
 
 
 def _is_float_tensor(node: fx.Node) -> bool:

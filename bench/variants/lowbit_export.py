@@ -1,0 +1,118 @@
+"""lowbit's deployable variants: the quantized model exported and run by a real integer runtime.
+
+- lowbit-int8-ort: W8A8 static (mse activation ranges) in the layout `lowbit.export.layout.deployable` picks for
+  this CPU, exported as QDQ ONNX and run by onnxruntime (QLinearConv / MatMulIntegerToFloat / QGemm kernels);
+- lowbit-int8-pt2e: the same quantized model lowered to PT2E's ExportedProgram and compiled by torch.compile's x86
+  inductor backend (oneDNN int8 kernels);
+- lowbit-w4a16-ort: SmolLM2's weight-only int4 per-group model as onnxruntime's MatMulNBits.
+Every build records the share of onnxruntime kernel time spent in integer kernels and the parity of the runtime
+with lowbit's torch simulation (elements within one output step) in the row's note.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import Built, NotApplicable, register_variant
+from bench.onnx_io import ONNX_OUTPUT_PREFIX, dynamic_shapes, export_inputs, feeds, ort_runner
+from bench.variants.fp32 import LLM_NO_COMPILE, compiled_runner
+from lowbit.config import preset
+
+ESTIMATOR = "mse"
+PARITY_ROWS = 8
+
+
+def quantize_deployable(task, calib, name: str = "w8a8"):
+    """(QuantizedModel, seconds, notes) for the task's model in the deployable layout of this CPU."""
+    from dataclasses import replace
+
+    import lowbit
+    from lowbit.export.layout import deployable
+
+    config = preset(name)
+    if config.activation is not None:
+        config = replace(config, activation=replace(config.activation, estimator=ESTIMATOR))
+    config, notes = deployable(config, task.model)
+    start = time.perf_counter()
+    qmodel = lowbit.quantize(task.model, calib, config, progress=False)
+    return qmodel, time.perf_counter() - start, notes
+
+
+def parity(task, qmodel, run) -> float:
+    """Share of output elements of the first evaluation rows within one step of an 8-bit grid spanning the
+    simulation's output (issue 5's parity measure)."""
+    batch = tuple(t[:PARITY_ROWS] for t in task.eval[0])
+    with torch.inference_mode():
+        sim = qmodel(*batch).float().numpy()
+    got = np.asarray(run(*batch), dtype=np.float32)
+    step = (sim.max() - sim.min()) / 255
+    return float((np.abs(got - sim) <= step).mean())
+
+
+def _export(task, qmodel, workdir: Path, filename: str) -> Path:
+    from lowbit.export import to_onnx
+
+    outputs = [ONNX_OUTPUT_PREFIX + n for n in task.output_names]
+    return to_onnx(qmodel, export_inputs(task), workdir / filename, input_names=list(task.input_names),
+                   output_names=outputs, dynamic_shapes=dynamic_shapes(task))
+
+
+def _ort_built(task, qmodel, path: Path, seconds: float, notes: list[str]) -> Built:
+    from lowbit.export import integer_share
+
+    make = ort_runner(path, task.input_names)
+    sess_run = make(1)
+    batch = tuple(t[:PARITY_ROWS] for t in task.eval[0])
+    import onnxruntime as ort
+
+    names = [i.name for i in ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()]
+    share = integer_share(path, feeds(names, task.input_names, batch), runs=2)
+    agree = parity(task, qmodel, sess_run)
+    note = (f"integer kernels {share.integer_fraction:.0%} of onnxruntime time; parity {agree:.4f} of elements "
+            "within one step of the simulation; " + "; ".join(notes))
+    warning = share.warning()
+    if warning:
+        note += f"; WARNING {warning[:200]}"
+    return Built(make, path, seconds, note)
+
+
+@register_variant("lowbit-int8-ort", family="lowbit", baseline="fp32-ort",
+                  description="lowbit W8A8 static (mse), QDQ ONNX in onnxruntime's integer kernels")
+def build_int8_ort(task, calib, workdir: Path) -> Built:
+    if task.name == "smollm2":
+        raise NotApplicable("a causal LM is deployed weight-only here (lowbit-w4a16-ort); static int8 activations "
+                            "of the 135M LM are issue 9's SmoothQuant work")
+    qmodel, seconds, notes = quantize_deployable(task, calib)
+    path = _export(task, qmodel, workdir, "lowbit-int8.onnx")
+    return _ort_built(task, qmodel, path, seconds, notes)
+
+
+@register_variant("lowbit-w4a16-ort", family="lowbit", baseline="fp32-ort",
+                  description="lowbit W4A16 per-group, MatMulNBits in onnxruntime")
+def build_w4a16_ort(task, calib, workdir: Path) -> Built:
+    if task.name != "smollm2" and task.name != "minilm":
+        raise NotApplicable("weight-only int4 is for matmul-heavy models (SmolLM2, MiniLM)")
+    qmodel, seconds, notes = quantize_deployable(task, calib, "w4a16")
+    path = _export(task, qmodel, workdir, "lowbit-w4a16.onnx")
+    return _ort_built(task, qmodel, path, seconds, notes)
+
+
+@register_variant("lowbit-int8-pt2e", family="lowbit", baseline="fp32-compile", isolated=False,
+                  description="lowbit W8A8 static (mse) as PT2E, torch.compile x86 inductor (oneDNN int8)")
+def build_int8_pt2e(task, calib, workdir: Path) -> Built:
+    if task.name == "smollm2":
+        raise NotApplicable(LLM_NO_COMPILE)
+    from lowbit.export.pt2e import to_exported_program
+
+    qmodel, seconds, notes = quantize_deployable(task, calib)
+    program = to_exported_program(qmodel, export_inputs(task), dynamic=False)
+    path = workdir / "lowbit-int8.pt2"
+    torch.export.save(program, str(path))
+    runner = compiled_runner(program.module(), len(task.eval[0][0]))
+    run = runner(1)
+    note = f"parity {parity(task, qmodel, run):.4f} of elements within one step of the simulation; " + "; ".join(notes)
+    return Built(runner, path, seconds, note)

@@ -1,0 +1,80 @@
+"""Weight-only per-group linear layers as onnxruntime's MatMulNBits (com.microsoft contrib op).
+
+A linear layer with a float input and a per-group (block) int4 or int8 weight becomes
+`lowbit::matmul_nbits(x, B, scales, zero_points, bias)`: a torch custom op whose reference implementation
+unpacks the codes, dequantizes them and calls linear, and whose ONNX translation is one MatMulNBits node that
+onnxruntime runs with its blocked low-bit GEMM kernels (weights stay packed in memory).
+
+MatMulNBits layout (onnxruntime contrib op spec): B is uint8 [N, n_blocks, block_size * bits / 8] holding unsigned
+codes, element 2i in the low nibble for 4 bits; scales float [N * n_blocks]; zero points uint8 packed the same way
+per row ([N * ceil(n_blocks * bits / 8)]); y = x @ ((B - zp) * scale)^T. lowbit's signed codes q with zero point z
+become unsigned u = q + 2^(bits-1), zp_u = z + 2^(bits-1), so (u - zp_u) * s = (q - z) * s exactly.
+The block size must be a power of two of at least 16.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lowbit.core.packing import pack, unpack
+
+NBITS = (4, 8)
+MIN_BLOCK = 16
+
+
+def exportable(bits: int, block: int) -> bool:
+    return bits in NBITS and block >= MIN_BLOCK and block & (block - 1) == 0
+
+
+def pack_weight(codes: Tensor, scale: Tensor, zero_point: Tensor, bits: int, block: int, signed: bool):
+    """(B, scales, zero_points) in MatMulNBits layout from codes [N, K] and per-block scale/zero point [N * K/block]."""
+    n, k = codes.shape
+    offset = 2 ** (bits - 1) if signed else 0
+    u = (codes.to(torch.int32) + offset).to(torch.uint8).reshape(n, k // block, block)
+    per_byte = 8 // bits
+    b = pack(u.reshape(n, -1), bits).reshape(n, k // block, block // per_byte)
+    zp = (zero_point.reshape(n, k // block).to(torch.int32) + offset).to(torch.uint8)
+    zp_packed = torch.stack([pack(row, bits) for row in zp]).reshape(-1) if bits < 8 else zp.reshape(-1)
+    return b.contiguous(), scale.reshape(-1).to(torch.float32).contiguous(), zp_packed.contiguous()
+
+
+@torch.library.custom_op("lowbit::matmul_nbits", mutates_args=())
+def matmul_nbits(x: Tensor, b: Tensor, scales: Tensor, zero_points: Tensor, k: int, n: int, bits: int,
+                 block: int) -> Tensor:
+    """Reference: unpack B and the zero points, dequantize per block, then linear."""
+    n_blocks = k // block
+    u = unpack(b.reshape(n, -1), bits, n_blocks * block).reshape(n, n_blocks, block).to(torch.float32)
+    if bits < 8:
+        zp = torch.stack([unpack(row, bits, n_blocks) for row in zero_points.reshape(n, -1)])
+    else:
+        zp = zero_points.reshape(n, n_blocks)
+    w = (u - zp.to(torch.float32)[..., None]) * scales.reshape(n, n_blocks, 1)
+    return torch.nn.functional.linear(x, w.reshape(n, k).to(x.dtype))
+
+
+@matmul_nbits.register_fake
+def _(x, b, scales, zero_points, k, n, bits, block):
+    return x.new_empty((*x.shape[:-1], n))
+
+
+def onnx_translation():
+    """{op: onnxscript function} for torch.onnx.export(custom_translation_table=...)."""
+    import onnx
+    from onnxscript.values import Op, Opset
+
+    param, attr = onnx.defs.OpSchema.FormalParameter, onnx.defs.OpSchema.Attribute
+    int_attr = onnx.defs.OpSchema.AttrType.INT
+    schema = onnx.defs.OpSchema(  # the contrib op's signature (onnx itself has no schema for com.microsoft ops)
+        "MatMulNBits", "com.microsoft", 1,
+        inputs=[param("A", "T1"), param("B", "T2"), param("scales", "T1"), param("zero_points", "T2")],
+        outputs=[param("Y", "T1")],
+        type_constraints=[("T1", ["tensor(float)"], ""), ("T2", ["tensor(uint8)"], "")],
+        attributes=[attr(name, int_attr, "") for name in ("K", "N", "bits", "block_size")],
+    )
+    matmul = Op(Opset("com.microsoft", 1), "MatMulNBits", schema)
+
+    def translate(x, b, scales, zero_points, k: int, n: int, bits: int, block: int):
+        return matmul(x, b, scales, zero_points, K=k, N=n, bits=bits, block_size=block)
+
+    return {torch.ops.lowbit.matmul_nbits.default: translate}

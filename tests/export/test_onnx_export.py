@@ -1,0 +1,122 @@
+"""QDQ ONNX export run by onnxruntime against lowbit's torch simulation (STYLE kind 5), MatMulNBits, PT2E."""
+
+import platform
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import lowbit
+from lowbit.core import PerGroup, get_qtype
+from lowbit.export import ExportError, integer_share, to_onnx
+from lowbit.export.layout import deployable, u8s8_saturates
+from lowbit.export.pt2e import to_exported_program
+from tests.graph.models import TinyAttention, TinyCNN, images, tokens, trained_bn
+
+
+def _run(path, inputs):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    return sess.run(None, {n: t.numpy() for n, t in zip(names, inputs, strict=True)})[0]
+
+
+def _within_one_step(ort_out, sim_out) -> float:
+    """Share of elements within one step of an 8-bit grid spanning the simulated output."""
+    step = (sim_out.max() - sim_out.min()) / 255
+    return float((np.abs(ort_out - sim_out) <= step).mean())
+
+
+@pytest.fixture(scope="module")
+def cnn_full():
+    torch.manual_seed(0)
+    config, _ = deployable(lowbit.preset("w8a8"), saturating=True)  # exact on every x86 CPU, VNNI or not
+    return lowbit.quantize(trained_bn(TinyCNN()), images(4, batch=8), config)
+
+
+def test_cnn_export_int8_initializers_and_parity(cnn_full, tmp_path):
+    x = images(1, batch=16, seed=7)[0][0]
+    path = to_onnx(cnn_full, (x[:2],), tmp_path / "cnn.onnx")
+    model = onnx.load(str(path))
+    kinds = {i.name: onnx.TensorProto.DataType.Name(i.data_type) for i in model.graph.initializer}
+    assert {kinds[n] for n in kinds if n.endswith("_wcodes")} == {"INT8"}
+    assert {kinds[n] for n in kinds if n.endswith("_bcodes")} == {"INT32"}
+    big_float = [i.name for i in model.graph.initializer
+                 if i.data_type == onnx.TensorProto.FLOAT and np.prod(i.dims) >= 64]
+    assert big_float == [], "weights must be stored as integers, not float"
+    sim = cnn_full(x).detach().numpy()
+    assert _within_one_step(_run(path, (x,)), sim) >= 0.999
+
+
+def test_fully_quantized_cnn_runs_integer_kernels(cnn_full, tmp_path):
+    x = images(1, batch=8, seed=3)[0][0]
+    path = to_onnx(cnn_full, (x[:2],), tmp_path / "cnn.onnx")
+    share = integer_share(path, {onnx.load(str(path)).graph.input[0].name: x.numpy()})
+    assert "QLinearConv" in share.by_op and share.float_compute_nodes == [] or share.integer_fraction > 0.5
+    assert share.warning() == ""
+
+
+def test_layer_only_quantization_warns_and_names_float_convs(tmp_path):
+    torch.manual_seed(0)
+    qm = lowbit.quantize(trained_bn(TinyCNN()), images(2), "w8a8")  # inputs only: no Q after each conv
+    x = images(1, batch=4)[0][0]
+    path = to_onnx(qm, (x[:2],), tmp_path / "cnn.onnx")
+    share = integer_share(path, {onnx.load(str(path)).graph.input[0].name: x.numpy()})
+    assert share.float_compute_nodes, "convs without an output quantizer stay float in onnxruntime"
+    assert "did not fuse" in share.warning() and share.float_compute_nodes[0][0] in share.warning()
+
+
+def test_attention_export_parity(tmp_path):
+    torch.manual_seed(0)
+    qm = lowbit.quantize(TinyAttention().eval(), tokens(4), deployable(lowbit.preset("w8a8"), saturating=True)[0])
+    x, mask = tokens(1, batch=3, t=6, seed=9)[0]
+    path = to_onnx(qm, (x, mask), tmp_path / "attn.onnx")
+    sim = qm(x, mask).detach().numpy()
+    assert _within_one_step(_run(path, (x, mask)), sim) >= 0.999
+
+
+def test_weight_only_int4_becomes_matmul_nbits(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 128)).eval()
+    cfg = lowbit.preset("w4a16")
+    cfg = lowbit.preset("w4a16", weight=type(cfg.weight)(cfg.weight.qtype, PerGroup(32), False))
+    qm = lowbit.quantize(model, [torch.randn(4, 256)], cfg)
+    x = torch.randn(5, 256)
+    path = to_onnx(qm, (x[:2],), tmp_path / "w4.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("MatMulNBits") == 2 and "MatMul" not in ops
+    np.testing.assert_allclose(_run(path, (x,)), qm(x).detach().numpy(), atol=1e-5)
+    fp32 = sum(p.numel() * 4 for p in model.parameters())
+    assert path.stat().st_size < fp32 / 5  # 4-bit codes, one fp32 scale and one 4-bit zero point per 32
+
+
+def test_pt2e_program_equals_simulation(cnn_full):
+    x = images(1, batch=4, seed=2)[0][0]
+    program = to_exported_program(cnn_full, (x[:2],))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert "quantized_decomposed.dequantize_per_channel.default" in targets
+    torch.testing.assert_close(program.module()(x), cnn_full(x), atol=1e-5, rtol=0)
+
+
+def test_unexportable_quantizers_raise_clear_errors(tmp_path):
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Linear(8, 8)).eval()
+    dyn = lowbit.quantize(lin, [torch.randn(4, 8)], "w8a8-dynamic")
+    with pytest.raises(ExportError, match="dynamic"):
+        to_onnx(dyn, (torch.randn(2, 8),), tmp_path / "d.onnx")
+    cfg = lowbit.preset("w8a8")
+    fp8 = lowbit.preset("w8a8", weight=type(cfg.weight)(get_qtype("fp8_e4m3"), cfg.weight.granularity))
+    with pytest.raises(ExportError, match="fp8_e4m3"):
+        to_onnx(lowbit.quantize(lin, [torch.randn(4, 8)], fp8), (torch.randn(2, 8),), tmp_path / "f.onnx")
+    assert not (tmp_path / "f.onnx").exists()
+
+
+def test_deployable_layout():
+    cfg, notes = deployable(lowbit.preset("w8a8"), saturating=True)
+    assert cfg.fully_quantized and cfg.weight.qtype.name == "int7" and len(notes) == 2
+    cfg, notes = deployable(lowbit.preset("w8a8"), saturating=False)
+    assert cfg.weight.qtype.name == "int8" and len(notes) == 1
+    assert deployable(lowbit.preset("w4a16"))[0] == lowbit.preset("w4a16")  # weight-only: nothing to change
+    if platform.machine() == "x86_64":
+        assert u8s8_saturates({"avx2", "fma"}) and not u8s8_saturates({"avx2", "avx512_vnni"})

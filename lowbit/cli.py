@@ -113,6 +113,10 @@ def _quantize_options(func):
         click.option("--pass", "passes", multiple=True, help="A post-training pass, NAME or NAME:key=value,..."
                      " (repeatable, run in order; `lowbit passes` lists them), e.g. --pass equalize "
                      "--pass adaround:iters=500."),
+        click.option("--export", default=None, type=click.Path(dir_okay=False), help="Also write the int8 "
+                     "model as QDQ ONNX here (with an fp32 ONNX beside it), in the layout onnxruntime runs as "
+                     "integer kernels on this CPU, and measure both in onnxruntime: latency, integer-kernel "
+                     "share, metrics, parity with the simulation."),
         click.option("--keep-float", multiple=True, help="Keep layers matching this name glob in float "
                      "(repeatable)."),
         click.option("--mixed-precision", type=float, default=None, help="Keep the fewest most sensitive "
@@ -184,3 +188,50 @@ def report(out, **opts) -> None:
     from lowbit.analysis.summary import format_summary
 
     click.echo(format_summary(_run_quantize(opts, out)))
+
+
+# -- quantize-llm: layer-by-layer streaming for causal LMs (lowbit.llm) ----------------------------------------
+@main.command("quantize-llm")
+@click.option("--model", required=True, help="smollm2, or a Hugging Face causal LM folder (config.json + "
+              "*.safetensors, Llama-family layout).")
+@click.option("--preset", default="w4a16", show_default=True, help="Any preset, e.g. w4a16-gptq, w4a16-awq, "
+              "w8a8-smoothquant, w8a8-llm-int8, nf4-dq.")
+@click.option("--pass", "passes", multiple=True, help="Extra pass NAME or NAME:key=value,... (repeatable), e.g. "
+              "--pass gptq:act_order=true.")
+@click.option("--calib", default=None, help="Calibration text (.txt) or token ids [N, T] (.pt/.npy/.safetensors)."
+              " Default: the zoo's movie-plot synopses.")
+@click.option("--eval", "eval_data", default=None, help="Evaluation data, as --calib. Default: the zoo's 2012 "
+              "convention speeches.")
+@click.option("--n-calib", default=16, show_default=True, help="Calibration windows.")
+@click.option("--n-eval", default=16, show_default=True, help="Evaluation windows.")
+@click.option("--window", default=256, show_default=True, help="Tokens per window (text data).")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Write the quantized weights here "
+              "(safetensors shards + config.json).")
+@click.option("--threads", type=int, default=None, help="torch threads (default: torch's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def quantize_llm(model, preset, passes, calib, eval_data, n_calib, n_eval, window, out, threads, as_json) -> None:
+    """Quantize a causal LM one decoder layer at a time, streaming weights from its safetensors file; print
+    perplexity, bits per weight, size, time and peak memory."""
+    import resource
+
+    import torch
+
+    from lowbit.llm import command
+
+    if threads:
+        torch.set_num_threads(threads)
+    req = command.LLMRequest(model, preset, tuple(passes), calib, eval_data, n_calib, n_eval, window, out)
+    try:
+        result = command.run(req)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        raise click.ClickException(str(err).strip('"')) from None
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{result['model']}: {result['layers']} layers streamed, preset {preset} {' '.join(passes)}")
+    click.echo(f"perplexity {result['perplexity']:.3f} on {result['eval_windows']} windows "
+               f"(calibrated on {result['calib_windows']})")
+    click.echo(f"bits per quantized weight {result['bits_per_weight']:.3f} (scales and zero points included); "
+               f"size {result['size_bytes'] / 1e6:.2f} MB")
+    click.echo(f"time {result['seconds']:.1f} s; peak RSS {result['peak_rss_mib']:.0f} MiB")

@@ -30,13 +30,16 @@ class Mode(enum.Enum):
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """How one tensor is quantized: element type, granularity, symmetry and the range estimator."""
+    """How one tensor is quantized: element type, granularity, symmetry and the range estimator.
+    `double_quant` (per-group weights): store the group scales with QLoRA's double quantization (8-bit codes
+    in blocks of 256 scales, `lowbit.core.qparams.double_quantize`; Dettmers et al. 2023)."""
 
     qtype: QType
     granularity: Any = PerTensor()
     symmetric: bool = True
     estimator: str = "minmax"
     estimator_options: tuple[tuple[str, Any], ...] = ()
+    double_quant: bool = False
 
     def with_bits(self, bits: int) -> QuantSpec:
         signed = getattr(self.qtype, "signed", True)
@@ -144,6 +147,17 @@ PRESETS: dict[str, QuantConfig] = {
     "w4a8": QuantConfig(_spec("int4", PerChannel(0)), _spec("uint8", symmetric=False)),
     "w4a16": QuantConfig(_spec("int4", PerGroup(128), symmetric=False), None, mode=Mode.WEIGHT_ONLY),
     "w8a16": QuantConfig(_spec("int8", PerChannel(0)), None, mode=Mode.WEIGHT_ONLY),
+    # Large language models (lowbit.llm registers the passes named here).
+    "w4a16-gptq": QuantConfig(_spec("int4", PerGroup(128), symmetric=False), None, mode=Mode.WEIGHT_ONLY,
+                              passes=(PassSpec("gptq"),)),
+    "w4a16-awq": QuantConfig(_spec("int4", PerGroup(128), symmetric=False), None, mode=Mode.WEIGHT_ONLY,
+                             passes=(PassSpec("awq"),)),
+    "w8a8-smoothquant": QuantConfig(_spec("int8", PerChannel(0)), _spec("int8", PerToken()), mode=Mode.DYNAMIC,
+                                    passes=(PassSpec("smoothquant", (("alpha", 0.5),)),)),
+    "w8a8-llm-int8": QuantConfig(_spec("int8", PerChannel(0)), _spec("int8", PerToken()), mode=Mode.DYNAMIC,
+                                 passes=(PassSpec("llm_int8", (("threshold", 6.0),)),)),
+    "nf4-dq": QuantConfig(QuantSpec(get_qtype("nf4"), PerGroup(64), double_quant=True), None,
+                          mode=Mode.WEIGHT_ONLY),
 }
 
 
@@ -174,7 +188,8 @@ def _decode_spec(d: dict | None) -> QuantSpec | None:
     g = dict(d["granularity"])
     gran = GRANULARITIES[g.pop("type")](**g)
     opts = tuple((k, v) for k, v in d.get("estimator_options", []))
-    return QuantSpec(get_qtype(d["qtype"]), gran, d["symmetric"], d["estimator"], opts)
+    return QuantSpec(get_qtype(d["qtype"]), gran, d["symmetric"], d["estimator"], opts,
+                     d.get("double_quant", False))
 
 
 def _decode_config(d: dict) -> QuantConfig:

@@ -33,6 +33,7 @@ class QuantizeRequest:
     fully_quantized: bool = False
     keep_float: tuple[str, ...] = ()
     passes: tuple[str, ...] = ()
+    export: str | None = None
     mixed_precision: float | None = None
     out: str | None = None
     n_calib: int | None = None
@@ -154,12 +155,19 @@ def run(req: QuantizeRequest, progress: bool | None = None) -> dict:
     and the report)."""
     config = build_config(req)
     loaded, calib, evals, calib_desc, eval_desc = _data(req)
-    qmodel = quantize(loaded.model, calib, config, progress=progress)
     extra = {}
+    if req.export:
+        from lowbit.export.layout import deployable
+
+        config, notes = deployable(config, loaded.model)
+        extra["export_layout"] = notes
+    qmodel = quantize(loaded.model, calib, config, progress=progress)
     if req.mixed_precision is not None:
         extra["mixed_precision"] = _mixed_precision(qmodel, loaded, calib, req.mixed_precision)
     before, after = _metrics(loaded, qmodel, evals)
     latency = measure_latency(loaded.model, qmodel, evals[0])
+    if req.export:
+        extra["onnx"] = _deploy(req, loaded, qmodel, calib, evals)
     summary = {
         "model": loaded.name,
         "preset": req.preset,
@@ -182,6 +190,14 @@ def run(req: QuantizeRequest, progress: bool | None = None) -> dict:
     if req.out:
         summary["report"] = str(write_outputs(req, qmodel, loaded, evals, summary, extra))
     return finite_json(summary)
+
+
+def _deploy(req: QuantizeRequest, loaded: LoadedModel, qmodel, calib, evals) -> dict:
+    from lowbit.export.deploy import deploy
+
+    task = loaded.task
+    score = task.evaluate if task is not None else (lambda m: fidelity(loaded.model, m, evals))
+    return deploy(loaded.model, qmodel, calib[0], req.export, evals, score)
 
 
 def write_outputs(

@@ -128,3 +128,16 @@ def test_rule_that_matches_no_layer(user_model):
         ),
         "rule 'classifier.*' matches no layer",
     )
+
+
+def test_export_runs_int8_in_onnxruntime_on_fashion_cnn(tmp_path):
+    """The main job's --export on a real model slice: integer kernels, parity with the simulation, real metrics."""
+    out = tmp_path / "model.onnx"
+    result = invoke("--model", "fashion-cnn", "--n-calib", "32", "--n-eval", "200", "--export", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    onnx_info = summary["onnx"]
+    assert out.exists() and onnx_info["onnx_bytes"] < onnx_info["fp32_onnx_bytes"] / 3
+    assert onnx_info["integer_share"]["integer_fraction"] > 0.5 and "warning" not in onnx_info
+    assert onnx_info["parity_within_one_step"] >= 0.999
+    assert abs(onnx_info["metrics"]["accuracy"] - summary["accuracy"]) <= 0.01

@@ -109,7 +109,7 @@ def build_int8_pt2e(task, calib, workdir: Path) -> Built:
     from lowbit.export.pt2e import to_exported_program
 
     qmodel, seconds, notes = quantize_deployable(task, calib)
-    program = to_exported_program(qmodel, export_inputs(task), dynamic=False)
+    program = to_exported_program(qmodel, export_inputs(task))  # dynamic axes; compiled per shape
     path = workdir / "lowbit-int8.pt2"
     torch.export.save(program, str(path))
     runner = compiled_runner(program.module(), len(task.eval[0][0]))

@@ -139,11 +139,29 @@ def format_summary(s: dict) -> str:
         before = s["metrics_fp32"].get(k)
         lines.append(f"{k}: fp32 {_fmt(before)} -> quantized {_fmt(after)}")
     lines.append(f"evaluated on {s['evaluation_data']}; calibrated on {s['calibration_data']}")
+    if "onnx" in s:
+        lines += _onnx_lines(s["onnx"], s["metrics_fp32"])
     if s["kept_float"]:
         lines.append(f"kept in float: {', '.join(f'{k} ({v})' for k, v in s['kept_float'].items())}")
     if "report" in s:
         lines.append(f"report: {s['report']}")
     return "\n".join(lines)
+
+
+def _onnx_lines(o: dict, fp32_metrics: dict) -> list[str]:
+    lat, share = o["latency"], o["integer_share"]
+    lines = [
+        f"onnxruntime: {o['path']} {_size(o['onnx_bytes'])} (fp32 ONNX {_size(o['fp32_onnx_bytes'])}); "
+        f"latency fp32 {lat['fp32_ms']:.1f} ms -> int8 {lat['int8_ms']:.1f} ms per batch of {lat['batch_size']}, "
+        f"{lat['threads']} thread ({lat['speedup']:.2f}x)",
+        f"         integer kernels {share['integer_fraction']:.0%} of kernel time; "
+        f"{o['parity_within_one_step']:.2%} of outputs within one step of the simulation",
+    ]
+    for k, v in o.get("metrics", {}).items():
+        lines.append(f"{k} in onnxruntime: fp32 {_fmt(fp32_metrics.get(k))} -> int8 {_fmt(v)}")
+    if o.get("warning"):
+        lines.append(f"WARNING: {o['warning']}")
+    return lines
 
 
 def _fmt(v) -> str:

@@ -67,6 +67,8 @@ def to_onnx(
     except Exception as exc:  # the exporter raises many types; name the step that failed
         raise ExportError(f"torch.onnx could not export the QDQ graph: {str(exc).splitlines()[0]}") from exc
     model = program.model_proto
+    _raw_initializers(model)
+    strip_debug_info(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -80,6 +82,25 @@ def to_onnx(
             os.unlink(tmp)
     log.info("wrote %s (%.2f MB)", path, path.stat().st_size / 1e6)
     return path
+
+
+def _raw_initializers(model) -> None:
+    """Store every initializer as raw little-endian bytes: the exporter may write int8 codes into protobuf's
+    repeated int32 field, where each takes a varint of 1 to 10 bytes instead of one byte."""
+    from onnx import numpy_helper
+
+    for i, init in enumerate(model.graph.initializer):
+        if not init.raw_data:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init), init.name))
+
+
+def strip_debug_info(model) -> None:
+    """Drop the exporter's per-node stack traces and intermediate shape annotations: the runtime needs neither,
+    and on a small CNN they were as large as the int8 weights."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del model.graph.value_info[:]
 
 
 def float_initializer_bytes(path: str | os.PathLike) -> dict[str, int]:

@@ -21,6 +21,8 @@ from lowbit.graph.quantized_model import QuantizedModel
 def to_exported_program(qmodel: QuantizedModel, example_inputs: tuple, dynamic: bool = True):
     """The QDQ graph exported with torch.export (every input axis dynamic unless `dynamic=False`)."""
     gm = to_qdq(qmodel, int_bias=False).eval()
+    # copies: a slice of a larger tensor would be saved with its whole storage by torch.export.save
+    example_inputs = tuple(t.clone() for t in example_inputs)
     shapes = (tuple({i: torch.export.Dim.AUTO for i in range(t.dim())} for t in example_inputs)
               if dynamic else None)
     return torch.export.export(gm, tuple(example_inputs), dynamic_shapes=shapes, strict=False)

@@ -77,9 +77,25 @@ def to_qdq(qmodel: QuantizedModel, int_bias: bool = True, nbits: bool = False) -
         if isinstance(mod, (ActQuantizer, WeightQuantizer, BiasQuantizer)):
             delattr(gm, name)
     gm.graph.eliminate_dead_code()
+    _drop_unused_tensors(gm)
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+def _drop_unused_tensors(gm: fx.GraphModule) -> None:
+    """Delete parameters and buffers no node reads any more (the float weights the int8 codes replaced), so that
+    torch.export does not ship them."""
+    used = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    for name, _ in list(gm.named_parameters()) + list(gm.named_buffers()):
+        if name in used:
+            continue
+        owner, _, attr = name.rpartition(".")
+        mod = gm.get_submodule(owner) if owner else gm
+        if attr in mod._parameters:
+            del mod._parameters[attr]
+        elif attr in mod._buffers:
+            del mod._buffers[attr]
 
 
 def _replace_act(gm: fx.GraphModule, node: fx.Node, q: ActQuantizer) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from lowbit.config import QuantSpec
 from lowbit.core.primitives import dynamic_qparams, fake_quantize
-from lowbit.core.qparams import QParams
+from lowbit.core.qparams import QParams, double_quantize
 
 # Values this large are masks (BERT-style attention masks add float32-min), not data: a quantizer range
 # stretched to them would put every real value in one bin.
@@ -84,6 +84,8 @@ class WeightQuantizer(torch.nn.Module):
             est = make_estimator(self.spec)
             est.observe(w.detach())
             qparams = est.qparams(self.spec.qtype, symmetric=self.spec.symmetric)
+            if getattr(self.spec, "double_quant", False):
+                qparams = double_quantize(qparams)
         self.qparams = qparams
         self.w_hat = fake_quantize(w.detach(), qparams)
 

@@ -63,6 +63,14 @@ def run_passes(stage: str, target, batches, config, progress=None) -> None:
             p.fn(target, batches, progress=progress, **options)
 
 
-from lowbit.ptq import easyquant  # noqa: E402,F401  (registration; needs the registries defined above)
+# Registration imports; they need the registries defined above.
+from lowbit.ptq import (  # noqa: E402,F401
+    bias_correction,
+    easyquant,
+    equalize,
+    reconstruction,  # adaround, brecq, qdrop
+)
 
 __all__ = ["CALIBRATIONS", "PASSES", "Pass", "register_pass", "run_passes"]
+
+from lowbit import llm  # noqa: E402,F401  (last: LLM passes: smoothquant, gptq, awq, llm_int8)

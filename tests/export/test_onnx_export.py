@@ -120,3 +120,14 @@ def test_deployable_layout():
     assert deployable(lowbit.preset("w4a16"))[0] == lowbit.preset("w4a16")  # weight-only: nothing to change
     if platform.machine() == "x86_64":
         assert u8s8_saturates({"avx2", "fma"}) and not u8s8_saturates({"avx2", "avx512_vnni"})
+
+
+def test_pt2e_program_ships_int8_weights_only(cnn_full, tmp_path):
+    x = images(1, batch=64, seed=2)[0][0]
+    program = to_exported_program(cnn_full, (x[:2],))
+    tensors = {**dict(program.named_parameters()), **dict(program.named_buffers()), **program.constants}
+    weights = [t for t in tensors.values() if isinstance(t, torch.Tensor) and t.dim() == 4]
+    assert weights and all(t.dtype == torch.int8 for t in weights)  # conv weights: int8 codes only
+    path = tmp_path / "m.pt2"
+    torch.export.save(program, str(path))
+    assert path.stat().st_size < 200_000  # the 64-row slice's storage is not saved with the example inputs

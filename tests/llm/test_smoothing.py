@@ -1,0 +1,78 @@
+"""SmoothQuant and AWQ: the migration leaves float outputs unchanged; the scales do what their papers say."""
+
+import pytest
+import torch
+
+import lowbit
+from lowbit.llm.awq import awq, awq_scales
+from lowbit.llm.smoothquant import smooth_scales, smoothquant
+from tests.llm.tiny import token_batches
+
+PASSES = {
+    "smoothquant": lambda gm, b: smoothquant(gm, b, config=lowbit.preset("w8a8-dynamic")),
+    "smoothquant-search": lambda gm, b: smoothquant(gm, b, config=lowbit.preset("w8a8-dynamic"), search=True),
+    "awq": lambda gm, b: awq(gm, b, config=lowbit.preset("w4a16")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PASSES))
+def test_migration_leaves_float_outputs_unchanged(tiny_model, tiny_graph, name):
+    calib, x = [(b,) for b in token_batches(2)], token_batches(1, seed=7)[0]
+    norm_before = tiny_graph.get_submodule("lm.model.layers.0.input_layernorm").weight.clone()
+    chosen = PASSES[name](tiny_graph, calib)
+    assert len(chosen) == 6  # per layer: Q/K/V after the input norm, gate/up after the post-attention norm,
+    #                          down after up (silu(gate) * up); lm_head's weight is tied: left alone
+    with torch.no_grad():
+        assert torch.allclose(tiny_graph(x), tiny_model(x), atol=1e-4, rtol=1e-4)
+    if name.startswith("smoothquant"):  # the factors were folded into the norm (AWQ may choose s = 1)
+        assert not torch.allclose(tiny_graph.get_submodule("lm.model.layers.0.input_layernorm").weight,
+                                  norm_before)
+
+
+class NormLinear(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.fc = torch.nn.LayerNorm(32), torch.nn.Linear(32, 16)
+
+    def forward(self, x):
+        return self.fc(self.norm(x))
+
+
+def _outlier_inputs(n: int) -> list[tuple[torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        x = torch.randn(8, 32, generator=g)
+        x[:, :2] *= 40.0  # two outlier channels, as LLM activations have
+        out.append((x,))
+    return out
+
+
+def test_smoothquant_lowers_w8a8_error_on_outlier_channels():
+    torch.manual_seed(0)
+    model = NormLinear().eval()
+    with torch.no_grad():
+        model.norm.weight[:2] = 30.0  # the norm output keeps the outlier channels
+    calib, x = _outlier_inputs(4), _outlier_inputs(5)[4][0]
+    ref = model(x)
+    naive = lowbit.quantize(model, calib, "w8a8-dynamic")
+    smooth = lowbit.quantize(model, calib, "w8a8-smoothquant")
+    with torch.no_grad():
+        err_naive, err_smooth = ((m(x) - ref).pow(2).mean() for m in (naive, smooth))
+    assert err_smooth < 0.5 * err_naive
+
+
+def test_smooth_scales_formula():
+    amax_x, amax_w = torch.tensor([4.0, 1.0, 0.0]), torch.tensor([1.0, 4.0, 2.0])
+    s = smooth_scales(amax_x, amax_w, 0.5)
+    assert torch.allclose(s[:2], torch.tensor([2.0, 0.5]))
+    assert s[2] == 1.0  # an all-zero channel is left alone
+    assert torch.allclose(smooth_scales(amax_x[:2], amax_w[:2], 1.0), amax_x[:2])
+
+
+def test_awq_scales_normalised_and_alpha_zero_is_identity():
+    mean_x = torch.tensor([0.5, 2.0, 8.0])
+    assert torch.equal(awq_scales(mean_x, 0.0), torch.ones(3))
+    s = awq_scales(mean_x, 1.0)
+    assert torch.allclose(s.max() * s.min(), torch.tensor(1.0))
+    assert torch.allclose(s / s[0], mean_x / mean_x[0])

@@ -2,11 +2,14 @@
 """Benchmark runner: every registered variant (fp32, peers, lowbit) on the zoo's reference tasks.
 
     .venv/bin/python bench/run.py --suite quick|full [--models minilm ...] [--variants fp32-ort ...]
+                                  [--families fp32 peer] [--report-only]
 
 Per model: phase 1 forks one child per variant that builds it (timed), scores it on the evaluation batches and
 reports its peak RSS; phase 2 rebuilds the variants that worked in this process (ONNX files are reused) and
 times them side by side, alternating, at each batch size and thread count. Results go to
 results/<suite>-<model>.json; `full` also regenerates BENCHMARKS.md's runtime-comparison section.
+With `--variants` or `--families`, an existing results file is merged: the re-run rows replace theirs and the
+others stay (bench/results.py).
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,44 +44,20 @@ from bench.common import NotApplicable, cpu_flags, file_bytes, load_variants  # 
 from bench.memory import ort_run_peak, run_forked  # noqa: E402
 from bench.onnx_io import feeds  # noqa: E402
 from bench.report import model_table, update_markdown  # noqa: E402
+from bench.results import merge, row_order  # noqa: E402
+from bench.suites import (  # noqa: E402, F401 (LLM_SEQ is re-exported for callers)
+    ALL_MODELS,
+    LATENCY_BATCHES,
+    LLM_SEQ,
+    SUITES,
+    Suite,
+    latency_batch,
+    setup_text,
+)
 from bench.timing import alternate  # noqa: E402
 
 log = logging.getLogger("bench.run")
-ALL_MODELS = ("fashion-cnn", "efficientnet-lite0", "minilm", "smollm2")
 VERSIONS = ("torch", "torchao", "onnxruntime", "onnx", "nncf", "transformers")
-
-
-@dataclass(frozen=True)
-class Suite:
-    models: tuple[str, ...]
-    n_calib: int | None  # None: the zoo's default
-    n_eval: int | None
-    threads: tuple[int, ...]
-    batches: tuple[int, ...]
-    repeats: int
-    warmup: int
-    only_quick_variants: bool
-    child_timeout_s: float
-
-
-SUITES = {
-    "quick": Suite(("fashion-cnn", "minilm"), 64, 128, (1,), (1, 32), 5, 2, True, 300),
-    "full": Suite(ALL_MODELS, None, None, (1, 2), (1, 32), 5, 2, False, 420),
-}
-LLM_SEQ = 128  # SmolLM2 latency: a fixed window of 128 tokens, batch 1 only (batch 32 x 49k-vocab logits is 800 MB)
-LATENCY_BATCHES = {"smollm2": (1,)}
-LATENCY_SEQ = {"smollm2": LLM_SEQ}
-
-
-def latency_batch(task, size: int) -> tuple[torch.Tensor, ...]:
-    """eval[0] tiled/sliced to `size` rows (and to the fixed sequence length for the LLM)."""
-    seq = LATENCY_SEQ.get(task.name)
-    out = []
-    for t in task.eval[0]:
-        reps = -(-size // len(t))
-        t = t.repeat(reps, *([1] * (t.dim() - 1)))[:size]
-        out.append(t[:, :seq].contiguous() if seq and t.dim() >= 2 else t.contiguous())
-    return tuple(out)
 
 
 def build_and_score(spec, task, workdir: Path, keep: dict | None = None) -> dict:
@@ -133,9 +111,9 @@ def phase1(task, specs, workdir: Path, suite: Suite, keep: dict) -> list[dict]:
             row["status"] = f"failed: {row['error']}"
             log.warning("%s / %s failed:\n%s", task.name, spec.name, row.get("trace", row["error"]))
         if row.get("path", "") and row["path"].endswith(".onnx"):
-            b32 = latency_batch(task, max(suite.batches))
+            largest = latency_batch(task, max(LATENCY_BATCHES.get(task.name, suite.batches)))
             names = list(task.input_names)
-            row["run_rss_mib"] = ort_run_peak(Path(row["path"]), feeds(names, task.input_names, b32), workdir)
+            row["run_rss_mib"] = ort_run_peak(Path(row["path"]), feeds(names, task.input_names, largest), workdir)
         rows[spec.name] = {
             "name": spec.name,
             "family": spec.family,
@@ -176,44 +154,48 @@ def phase2(task, specs, rows: list[dict], workdir: Path, suite: Suite, built: di
                 cell["speedup_vs_baseline"] = ref["median_ms"] / cell["median_ms"]
 
 
-def run_model(name: str, suite: Suite, suite_name: str, wanted: list[str] | None, command: str) -> dict:
+def run_model(name: str, suite: Suite, suite_name: str, wanted: list[str] | None, command: str, families=None) -> dict:
     import lowbit.zoo
 
     registry = load_variants()
     names = wanted or [n for n in registry if registry.get(n).in_quick or not suite.only_quick_variants]
+    names = [n for n in names if families is None or registry.get(n).family in families]
     specs = [registry.get(n) for n in names]
-    specs.sort(key=lambda s: (s.family != "fp32", s.family, s.name))
+    specs.sort(key=lambda s: row_order(s.family, s.name))
     torch.set_num_threads(1)
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), os.getloadavg()
     task = lowbit.zoo.load(name, n_calib=suite.n_calib, n_eval=suite.n_eval)
     log.info("%s loaded in %.0f s", name, time.perf_counter() - start)
-    workdir = Path(tempfile.gettempdir()) / "lowbit-bench" / suite_name / name
+    # One folder per process: two runners on one model must not delete or reuse each other's files.
+    workdir = Path(tempfile.gettempdir()) / "lowbit-bench" / suite_name / f"{name}-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     built: dict = {}
-    rows = phase1(task, specs, workdir, suite, built)
-    phase2(task, specs, rows, workdir, suite, built)
-    n_cal, n_ev = sum(len(b[0]) for b in task.calib), sum(len(b[0]) for b in task.eval)
-    shape = "x".join(str(d) for d in latency_batch(task, 1)[0].shape[1:])
-    setup = (
-        f"{n_cal} calibration and {n_ev} evaluation samples (zoo `{name}`); latency input shape per sample: "
-        f"{shape}; batches {LATENCY_BATCHES.get(name, suite.batches)}, threads {suite.threads}, "
-        f"{suite.repeats} alternated repeats after {suite.warmup} warm-ups."
-    )
+    try:
+        rows = phase1(task, specs, workdir, suite, built)
+        phase2(task, specs, rows, workdir, suite, built)
+    finally:
+        built.clear()
+        shutil.rmtree(workdir, ignore_errors=True)  # SmolLM2's ONNX files alone take about 1.5 GB
+    run = {
+        "command": command,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
+        "wall_s": time.perf_counter() - start,
+        "load_avg": {"start": list(load_start), "end": list(os.getloadavg())},
+    }
     return {
         "suite": suite_name,
         "model": name,
-        "command": command,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
+        **run,
+        "runs": [run],
         "cpu": cpu_flags(),
         "versions": {p: _version(p) for p in VERSIONS},
         "primary_metric": task.primary_metric,
         "higher_is_better": task.higher_is_better,
         "threads": list(suite.threads),
         "batches": list(LATENCY_BATCHES.get(name, suite.batches)),
-        "setup": setup,
-        "wall_s": time.perf_counter() - start,
-        "variants": rows,
+        "setup": setup_text(task, suite),
+        "variants": [{**row, "run": 0} for row in rows],
     }
 
 
@@ -229,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--suite", choices=sorted(SUITES), default="quick")
     parser.add_argument("--models", nargs="+", choices=ALL_MODELS)
     parser.add_argument("--variants", nargs="+", help="variant names (default: all registered for the suite)")
+    parser.add_argument("--families", nargs="+", choices=("fp32", "peer", "lowbit"), help="only these families")
     parser.add_argument("--results", type=Path, default=ROOT / "results")
     parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--report-only", action="store_true", help="only regenerate BENCHMARKS.md from results/")
@@ -245,12 +228,14 @@ def main(argv: list[str] | None = None) -> None:
     failed = []
     for name in args.models or suite.models:
         try:
-            result = run_model(name, suite, args.suite, args.variants, command)
+            result = run_model(name, suite, args.suite, args.variants, command, args.families)
         except Exception:  # a broken task loader skips that model, not the whole run
             log.exception("%s: could not be benchmarked", name)
             failed.append(name)
             continue
         out = args.results / f"{args.suite}-{name}.json"
+        if (args.variants or args.families) and out.exists():  # a partial re-run replaces only its own rows
+            result = merge(json.loads(out.read_text()), result)
         out.write_text(json.dumps(result, indent=1))
         print(f"\n### {name} ({result['wall_s']:.0f} s)\n\n{model_table(result)}\n", flush=True)
     if args.suite == "full":

@@ -29,6 +29,27 @@ def _nncf():
     return nncf
 
 
+def fold_weight_transposes(model) -> int:
+    """Replace each Transpose of an initializer by a transposed copy of it; returns how many were folded.
+
+    A tied weight (SmolLM2's lm_head shares the embedding table) stays one initializer in the export, read by
+    Gather and, through a Transpose, by the head's MatMul; NNCF 3.4's weight compression looks the MatMul's
+    weight up as an initializer and fails ("There is no tensor with the name ..."). The copy unties them.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    folded = [node for node in graph.node if node.op_type == "Transpose" and node.input[0] in weights]
+    for node in folded:
+        perm = next((list(attr.ints) for attr in node.attribute if attr.name == "perm"), None)
+        array = np.transpose(numpy_helper.to_array(weights[node.input[0]]), perm)
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), node.output[0]))
+        graph.node.remove(node)
+    return len(folded)
+
+
 def _save(model, out: Path) -> None:
     import onnx
 
@@ -76,9 +97,11 @@ def build_weights(task, calib, workdir: Path) -> Built:
     import onnx
 
     out = workdir / "nncf-weight-int8.onnx"
-    start = time.perf_counter()
+    start, note = time.perf_counter(), ""
     if not out.exists():
         model = onnx.load(str(export_fp32(task, workdir)))
         start = time.perf_counter()
+        if folded := fold_weight_transposes(model):
+            note = f"{folded} Transpose(s) of a tied weight folded into a copy before compression"
         _save(nncf.compress_weights(model), out)
-    return Built(ort_runner(out, task.input_names), out, time.perf_counter() - start)
+    return Built(ort_runner(out, task.input_names), out, time.perf_counter() - start, note)

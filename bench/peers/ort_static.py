@@ -62,7 +62,7 @@ def entropy_cache(src: Path, calib, input_names, workdir: Path, task_name: str) 
         calibrate_method=CalibrationMethod.Entropy,
         extra_options=options,
     )
-    calibrator.collect_data(CalibReader(src, input_names, calib))
+    calibrator.collect_data(CalibReader(src, input_names, calib, equal=True))
     cache = workdir / "entropy-ranges.json"
     save_tensors_data(calibrator.compute_data(), cache)
     return cache
@@ -86,7 +86,7 @@ def _quantize(task, calib, workdir: Path, method_name: str, extra: dict, reduce_
         quantize_static(
             str(src),
             str(out),
-            CalibReader(src, task.input_names, calib),
+            CalibReader(src, task.input_names, calib, equal=method_name != "MinMax"),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
@@ -139,3 +139,16 @@ def build_percentile(task, calib, workdir: Path) -> Built:
 )
 def build_minmax_reduced(task, calib, workdir: Path) -> Built:
     return _quantize(task, calib, workdir, "MinMax", {}, reduce_range=True)
+
+
+@register_variant(
+    "ort-static-minmax-emulated",
+    family="peer",
+    baseline="fp32-ort",
+    description="ort-static-minmax's QDQ file with onnxruntime graph optimizations off: quantization emulated "
+    "in fp32, no int8 kernels (a diagnostic: kernel saturation vs quantization error)",
+)
+def build_minmax_emulated(task, calib, workdir: Path) -> Built:
+    built = _quantize(task, calib, workdir, "MinMax", {})
+    note = "diagnostic, same file as ort-static-minmax, run without int8 kernels"
+    return Built(ort_runner(built.path, task.input_names, optimize=False), built.path, built.calib_s, note)

@@ -77,6 +77,7 @@ def build_pt2e(task, calib, workdir: Path) -> Built:
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "torchao-pt2e.pt2"
     if not path.exists():
-        ep = torch.export.export(converted, tuple(task.example_inputs))
+        # clones: a slice of the task's data would be saved with its whole storage (32 MB for fashion-cnn)
+        ep = torch.export.export(converted, tuple(t.clone() for t in task.example_inputs))
         torch.export.save(ep, str(path))
     return Built(compiled_runner(converted, len(task.eval[0][0])), path, calib_s, note)

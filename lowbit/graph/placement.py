@@ -68,7 +68,9 @@ class Placement:
     float_ops: dict[str, str]  # op -> why it stays float
 
 
-def place_quantizers(gm: fx.GraphModule, config: QuantConfig) -> Placement:
+def place_quantizers(gm: fx.GraphModule, config: QuantConfig, quantize_bias: bool = True) -> Placement:
+    """`quantize_bias`: round biases to the int32 grid s_x * s_w as integer kernels do (graph/bias.py); QAT's
+    converted models keep the float bias they were trained with."""
     layers = _find_layers(gm)
     _check_rules(config, layers)
     quantized_edges: dict[fx.Node, fx.Node] = {}
@@ -84,7 +86,7 @@ def place_quantizers(gm: fx.GraphModule, config: QuantConfig) -> Placement:
         _quantize_weight(gm, info, node, wspec)
         if aspec is not None:
             _quantize_inputs(gm, info, node, aspec, act_dynamic, quantized_edges)
-            if not act_dynamic:
+            if quantize_bias and not act_dynamic:
                 _quantize_bias(gm, info, node)
             if config.fully_quantized and config.mode is Mode.STATIC:
                 _quantize_layer_output(gm, info, node, aspec, quantized_edges, outputs)

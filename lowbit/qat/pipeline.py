@@ -63,7 +63,7 @@ def convert(model: nn.Module, example_inputs: tuple | None = None) -> QuantizedM
             "convert supports models whose quantized layers are called as modules"
         )
     config = _config(names, learned)
-    placement = place_quantizers(gm, config)
+    placement = place_quantizers(gm, config, quantize_bias=False)  # the trained model's float bias
     qmodel = QuantizedModel(gm, config, placement, [bn for _, bn in eager.info.bn_pairs])
     for name, fqn in names.items():
         if fqn in learned:

@@ -61,7 +61,9 @@ def score_mixed(task, target: float) -> dict:
             "note": built.note, "met": result.met}
 
 
-def run_model(name: str, variants: list[str] | None, n_calib, n_eval, mixed: bool) -> dict:
+def run_model(name: str, variants: list[str] | None, n_calib, n_eval, mixed: bool, on_row=None) -> dict:
+    """Build and score the model's variants; `on_row(result so far)` after each row (so a long run that is
+    stopped keeps the rows it finished)."""
     import lowbit.zoo
 
     torch.set_num_threads(1)
@@ -74,14 +76,20 @@ def run_model(name: str, variants: list[str] | None, n_calib, n_eval, mixed: boo
         row = run_forked(lambda v=v: score(task, v), work / "child.json", TIMEOUT_S)
         rows.append({"name": v, "wall_s": time.perf_counter() - start, **row})
         print(name, v, row.get("metrics", row.get("error")), flush=True)
+        if on_row is not None:
+            on_row(_result(name, task, rows))
     if mixed and name in GOALS:
         key, target = GOALS[name]
         row = run_forked(lambda: score_mixed(task, target), work / "child.json", TIMEOUT_S)
         rows.append({"name": "lowbit-w8a8-mse + mixed precision", **row})
         print(name, "mixed", row.get("metrics", row.get("error")), flush=True)
+    return _result(name, task, rows)
+
+
+def _result(name: str, task, rows: list[dict]) -> dict:
     n_cal = sum(len(b[0]) for b in task.calib)
     n_ev = sum(len(b[0]) for b in task.eval)
-    return {"model": name, "primary_metric": task.primary_metric, "rows": rows,
+    return {"model": name, "primary_metric": task.primary_metric, "rows": list(rows),
             "setup": f"{n_cal} calibration and {n_ev} evaluation samples"}
 
 
@@ -136,13 +144,17 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     results = []
     for name in args.models:
-        res = run_model(name, args.variants, args.n_calib, args.n_eval, not args.no_mixed)
-        res["command"] = command
         path = out / f"ptq-{name}.json"
-        if args.variants and path.exists():  # a partial re-run replaces only its own rows
-            res = merge(json.loads(path.read_text()), res)
-        path.write_text(json.dumps(res, indent=1))
-        results.append(res)
+        old = json.loads(path.read_text()) if args.variants and path.exists() else None
+
+        def save(res: dict, path=path, old=old) -> dict:
+            res = {**res, "command": command}
+            if old is not None:  # a partial re-run replaces only its own rows
+                res = merge(old, res)
+            path.write_text(json.dumps(res, indent=1))
+            return res
+
+        results.append(save(run_model(name, args.variants, args.n_calib, args.n_eval, not args.no_mixed, save)))
     saved = [json.loads((out / f"ptq-{m}.json").read_text()) for m in MODELS if (out / f"ptq-{m}.json").exists()]
     write_markdown(saved, command)
 

@@ -131,3 +131,13 @@ def test_pt2e_program_ships_int8_weights_only(cnn_full, tmp_path):
     path = tmp_path / "m.pt2"
     torch.export.save(program, str(path))
     assert path.stat().st_size < 200_000  # the 64-row slice's storage is not saved with the example inputs
+
+
+def test_deployable_keeps_8bit_weights_on_depthwise_convs_where_u8s8_saturates():
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, groups=4), torch.nn.ReLU(), torch.nn.Conv2d(4, 8, 1))
+    cfg, notes = deployable(lowbit.preset("w8a8"), model, saturating=True)
+    assert cfg.weight.qtype.name == "int7" and len(notes) == 3
+    assert [r.pattern for r in cfg.rules] == ["0"] and cfg.rules[0].weight.qtype.name == "int8"
+    qm = lowbit.quantize(model.eval(), [torch.randn(2, 4, 8, 8)], cfg)
+    bits = {name: qm.graph_module.get_submodule(i.weight_quantizer).qparams.qtype.name for name, i in qm.layers.items()}
+    assert bits == {"0": "int8", "2": "int7"}

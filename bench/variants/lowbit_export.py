@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench.common import Built, NotApplicable, register_variant
@@ -43,14 +42,10 @@ def quantize_deployable(task, calib, name: str = "w8a8"):
 
 
 def parity(task, qmodel, run) -> float:
-    """Share of output elements of the first evaluation rows within one step of an 8-bit grid spanning the
-    simulation's output (issue 5's parity measure)."""
-    batch = tuple(t[:PARITY_ROWS] for t in task.eval[0])
-    with torch.inference_mode():
-        sim = qmodel(*batch).float().numpy()
-    got = np.asarray(run(*batch), dtype=np.float32)
-    step = (sim.max() - sim.min()) / 255
-    return float((np.abs(got - sim) <= step).mean())
+    """lowbit.export.deploy.parity on the first evaluation rows."""
+    from lowbit.export.deploy import parity as deploy_parity
+
+    return deploy_parity(qmodel, run, tuple(t[:PARITY_ROWS] for t in task.eval[0]))
 
 
 def _export(task, qmodel, workdir: Path, filename: str) -> Path:

@@ -96,7 +96,9 @@ class PassSpec:
 class QuantConfig:
     """The whole recipe. `weight` None keeps weights float; `activation` is ignored in WEIGHT_ONLY mode.
     `fully_quantized` also quantizes the outputs of add, concat, pooling, activations and layer norm.
-    `passes` name post-training passes (equalization, bias correction, AdaRound, SmoothQuant, GPTQ...)."""
+    `passes` name post-training passes (equalization, bias correction, AdaRound, SmoothQuant, GPTQ...).
+    `embedding`: weight-only quantization of embedding tables (`aten.embedding`; None keeps them float): the table
+    is stored as codes and only the gathered rows are dequantized (`EMBEDDING_INT8`: int8 per row, symmetric)."""
 
     weight: QuantSpec | None
     activation: QuantSpec | None
@@ -106,6 +108,7 @@ class QuantConfig:
     calibration: str = "estimator"  # or "easyquant"
     fold_bn: bool = True
     passes: tuple[PassSpec, ...] = ()  # run in order; see lowbit.ptq.PASSES for what each does and when
+    embedding: QuantSpec | None = None
     version: int = CONFIG_VERSION
 
     def for_layer(self, name: str, module_type: str | None) -> tuple[QuantSpec | None, QuantSpec | None, str]:
@@ -117,6 +120,21 @@ class QuantConfig:
                     return None, None, r.reason or f"rule {r.pattern or r.module_type}: keep float"
                 w, a = r.weight or w, r.activation or a
         return w, a, ""
+
+    def for_embedding(self, name: str, module_type: str | None) -> tuple[QuantSpec | None, str]:
+        """(table spec, why-kept-float) for one embedding: `embedding`, then the matching rules in order (keep_float,
+        or a rule's weight spec)."""
+        spec = self.embedding
+        for r in self.rules:
+            if spec is not None and r.matches(name, module_type):
+                if r.keep_float:
+                    return None, r.reason or f"rule {r.pattern or r.module_type}: keep float"
+                spec = r.weight or spec
+        return spec, "" if spec is not None else "no embedding spec"
+
+    def with_embeddings(self, spec: QuantSpec | None = None) -> QuantConfig:
+        """This config with its embedding tables quantized (`EMBEDDING_INT8` unless `spec` is given)."""
+        return replace(self, embedding=spec or EMBEDDING_INT8)
 
     def with_rules(self, *rules: LayerRule) -> QuantConfig:
         return replace(self, rules=self.rules + tuple(rules))
@@ -139,6 +157,9 @@ class QuantConfig:
 def _spec(qtype: str, gran=PerTensor(), symmetric=True, estimator="minmax") -> QuantSpec:
     return QuantSpec(get_qtype(qtype), gran, symmetric, estimator)
 
+
+# Embedding tables: one scale per token row (the rows a gather reads), int8 symmetric.
+EMBEDDING_INT8 = _spec("int8", PerChannel(0))
 
 PRESETS: dict[str, QuantConfig] = {
     # uint8 asymmetric activations + int8 per-channel weights: onnxruntime's fast U8S8 path on x86.
@@ -209,8 +230,10 @@ def _decode_config(d: dict) -> QuantConfig:
         calibration=d.get("calibration", "estimator"),
         fold_bn=d.get("fold_bn", True),
         passes=tuple(PassSpec(p["name"], tuple(map(tuple, p.get("options", [])))) for p in d.get("passes", [])),
+        embedding=_decode_spec(d.get("embedding")),
         version=d["version"],
     )
 
 
-__all__ = ["CONFIG_VERSION", "LayerRule", "Mode", "PRESETS", "PassSpec", "QuantConfig", "QuantSpec", "preset"]
+__all__ = ["CONFIG_VERSION", "EMBEDDING_INT8", "LayerRule", "Mode", "PRESETS", "PassSpec", "QuantConfig", "QuantSpec",
+           "preset"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import fx
@@ -66,13 +66,16 @@ class Placement:
     layers: dict[str, LayerInfo]
     output_quantizers: dict[str, str]  # quantizer name -> the op it follows
     float_ops: dict[str, str]  # op -> why it stays float
+    embeddings: dict[str, LayerInfo] = field(default_factory=dict)  # quantized tables (lowbit/graph/embedding.py)
 
 
 def place_quantizers(gm: fx.GraphModule, config: QuantConfig, quantize_bias: bool = True) -> Placement:
     """`quantize_bias`: round biases to the int32 grid s_x * s_w as integer kernels do (graph/bias.py); QAT's
     converted models keep the float bias they were trained with."""
+    from lowbit.graph.embedding import find_embeddings, quantize_embeddings
+
     layers = _find_layers(gm)
-    _check_rules(config, layers)
+    _check_rules(config, {**(find_embeddings(gm) if config.embedding is not None else {}), **layers})
     quantized_edges: dict[fx.Node, fx.Node] = {}
     outputs: dict[str, str] = {}
     act_dynamic = config.mode is Mode.DYNAMIC
@@ -90,9 +93,10 @@ def place_quantizers(gm: fx.GraphModule, config: QuantConfig, quantize_bias: boo
                 _quantize_bias(gm, info, node)
             if config.fully_quantized and config.mode is Mode.STATIC:
                 _quantize_layer_output(gm, info, node, aspec, quantized_edges, outputs)
+    embeddings = quantize_embeddings(gm, config)  # after the layers: a tied table reuses their quantizer
     gm.graph.lint()
     gm.recompile()
-    return Placement({k: v[0] for k, v in layers.items()}, outputs, _float_ops(gm, config))
+    return Placement({k: v[0] for k, v in layers.items()}, outputs, _float_ops(gm, config), embeddings)
 
 
 def _find_layers(gm: fx.GraphModule) -> dict[str, tuple[LayerInfo, fx.Node]]:
@@ -277,6 +281,8 @@ def _float_ops(gm: fx.GraphModule, config: QuantConfig) -> dict[str, str]:
         short = getattr(node.target, "__name__", str(node.target)).split(".")[0]
         if short in BOOKKEEPING or (config.fully_quantized and node.target in OUTPUT_OPS):
             continue
+        if config.embedding is not None and node.target is aten.embedding.default:
+            continue  # weight-only: the gather reads the quantized table
         counts[short] += 1
     why = "no integer kernel in lowbit's op set" if config.fully_quantized else "not a quantized layer type"
     return {op: f"{n}x, {why}" for op, n in sorted(counts.items())}

@@ -21,6 +21,7 @@ class QuantizedModel(torch.nn.Module):
         self.graph_module = gm
         self.config = config
         self.layers: dict[str, LayerInfo] = placement.layers
+        self.embeddings: dict[str, LayerInfo] = placement.embeddings  # tables gathered from (weight-only)
         self.output_quantizers = placement.output_quantizers
         self.float_ops = placement.float_ops
         self.folded_bn = folded_bn
@@ -38,6 +39,10 @@ class QuantizedModel(torch.nn.Module):
     def quantized_layers(self) -> list[LayerInfo]:
         return [i for i in self.layers.values() if not i.kept_float]
 
+    def quantized_embeddings(self) -> list[LayerInfo]:
+        """Embedding tables with a weight quantizer (a tied table shares its layer's)."""
+        return [i for i in self.embeddings.values() if i.weight_quantizer]
+
     def weight_of(self, layer: LayerInfo) -> torch.Tensor:
         """The float weight a layer's weight quantizer reads."""
         nodes = self.graph_module.graph.nodes
@@ -47,7 +52,7 @@ class QuantizedModel(torch.nn.Module):
 
     def prepare_weights(self) -> None:
         """Compute every weight quantizer's QParams from its weight (idempotent)."""
-        for layer in self.quantized_layers():
+        for layer in self.quantized_layers() + self.quantized_embeddings():
             if layer.weight_quantizer:
                 wq = self.graph_module.get_submodule(layer.weight_quantizer)
                 if wq.qparams is None:
@@ -98,11 +103,13 @@ class QuantizedModel(torch.nn.Module):
         """Deployable weight bytes: quantized weights at their bits (scales and zero points included),
         every other parameter and buffer at its own dtype."""
         quantized, seen = 0.0, set()
-        for layer in self.quantized_layers():
+        for layer in self.quantized_layers() + self.quantized_embeddings():
             if not layer.weight_quantizer:
                 continue
             wq = self.graph_module.get_submodule(layer.weight_quantizer)
             w = self.weight_of(layer)
+            if id(w) in seen:  # a tied table: counted once
+                continue
             seen.add(id(w))
             if wq.qparams is not None:
                 quantized += w.numel() * bits_per_value(wq.qparams, tuple(w.shape)) / 8
@@ -121,6 +128,7 @@ class QuantizedModel(torch.nn.Module):
             "kept_float": {i.name: i.kept_float for i in self.layers.values() if i.kept_float},
             "float_ops": self.float_ops,
             "float_edges": {n: q.kept_float for n, q in self.act_quantizers().items() if q.kept_float},
+            "embeddings": {i.name: i.kept_float or i.note or "quantized" for i in self.embeddings.values()},
             "activation_quantizers": len(self.act_quantizers()),
             "folded_bn": len(self.folded_bn),
             "weight_bytes": self.weight_bytes(),

@@ -10,7 +10,9 @@ DequantizeLinear, opset 21). Layout choices, for onnxruntime's CPU provider on x
   kernels (QLinearConv, QLinearMatMul, MatMulIntegerToFloat, QGemm) are its fast path on AVX2 and AVX-512 VNNI;
 - weights stored as int8 initializers feeding DequantizeLinear (a quarter of the float bytes on disk) and biases as
   int32 at s_x * s_w, because onnxruntime fuses DQ -> Conv -> Q only when every input comes from a DQ;
-- per-group weight-only linear layers (w4a16) become onnxruntime's MatMulNBits (`lowbit.export.nbits`).
+- per-group weight-only linear layers (w4a16) become onnxruntime's MatMulNBits (`lowbit.export.nbits`);
+- quantized embedding tables stay integer initializers: Gather -> Cast -> Mul by the gathered row scales, or
+  GatherBlockQuantized for per-group int4 tables (`lowbit.export.gather`), so only the gathered rows are float.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from lowbit.export.nbits import onnx_translation
+from lowbit.export.gather_nbits import onnx_translation as gather_translation
+from lowbit.export.nbits import onnx_translation as nbits_translation
 from lowbit.export.qdq import ExportError, to_qdq
 from lowbit.graph.quantized_model import QuantizedModel
 
@@ -62,7 +65,7 @@ def to_onnx(
         program = torch.onnx.export(
             gm, example_inputs, dynamo=True, opset_version=OPSET, dynamic_shapes=shapes,
             input_names=input_names, output_names=output_names, verbose=False, optimize=True,
-            custom_translation_table=onnx_translation(),
+            custom_translation_table={**nbits_translation(), **gather_translation()},
         )
     except Exception as exc:  # the exporter raises many types; name the step that failed
         raise ExportError(f"torch.onnx could not export the QDQ graph: {str(exc).splitlines()[0]}") from exc

@@ -6,7 +6,9 @@ This is the one deployable representation both runtimes consume:
 - activations: `quantized_decomposed.quantize_per_tensor -> dequantize_per_tensor` with the calibrated scale and
   zero point (QuantizeLinear/DequantizeLinear in ONNX);
 - weights: integer codes stored as an int8 constant (not float) followed by `dequantize_per_channel` or
-  `dequantize_per_tensor` (an int8 initializer plus DequantizeLinear in ONNX);
+  `dequantize_per_tensor` (an int8 initializer plus DequantizeLinear in ONNX); the codes are those of the
+  quantizer's cached weight, so learned rounding (AdaRound, GPTQ) is exported as simulated;
+- quantized embedding tables: integer codes gathered, then only the gathered rows dequantized (`export/gather.py`);
 - biases of quantized conv/linear layers whose input and weight are quantized: int32 codes at scale
   s_x * s_w[c] (what an integer kernel adds to its int32 accumulator), dequantized the same way. onnxruntime fuses
   DQ -> Conv/Gemm -> Q into QLinearConv/QGemm only when every input, the bias included, comes from a DequantizeLinear.
@@ -70,7 +72,12 @@ def to_qdq(qmodel: QuantizedModel, int_bias: bool = True, nbits: bool = False) -
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
         elif isinstance(mod, WeightQuantizer):
-            if not (nbits and _replace_nbits(gm, node, mod)):
+            from lowbit.export.gather import replace_gathers
+
+            replace_gathers(gm, node, mod, nbits)  # embedding tables (a tied one: before its linear layer)
+            if not node.users:
+                gm.graph.erase_node(node)
+            elif not (nbits and _replace_nbits(gm, node, mod)):
                 _replace_weight(gm, node, mod)
     _quantize_biases(gm, qmodel, as_int32=int_bias)
     for name, mod in list(gm.named_children()):
@@ -126,13 +133,20 @@ def _replace_act(gm: fx.GraphModule, node: fx.Node, q: ActQuantizer) -> None:
 
 
 def _const(gm: fx.GraphModule, before: fx.Node, prefix: str, value: torch.Tensor) -> fx.Node:
+    """A get_attr of a new buffer named `prefix` (numbered if taken), or of the buffer already named `prefix` when
+    it holds the same tensor (a tied table's codes, read by its gather and its linear layer, are stored once)."""
     name, i = prefix, 0
-    while hasattr(gm, name):
+    while hasattr(gm, name) and not _same(getattr(gm, name), value):
         i += 1
         name = f"{prefix}_{i}"
-    gm.register_buffer(name, value)
+    if not hasattr(gm, name):
+        gm.register_buffer(name, value)
     with gm.graph.inserting_before(before):
         return gm.graph.get_attr(name)
+
+
+def _same(a, b: torch.Tensor) -> bool:
+    return isinstance(a, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
 
 
 def _replace_weight(gm: fx.GraphModule, node: fx.Node, wq: WeightQuantizer) -> None:
@@ -141,8 +155,7 @@ def _replace_weight(gm: fx.GraphModule, node: fx.Node, wq: WeightQuantizer) -> N
         node.replace_all_uses_with(w_node)
         gm.graph.erase_node(node)
         return
-    owner, _, attr = str(w_node.target).rpartition(".")
-    w = getattr(gm.get_submodule(owner) if owner else gm, attr).detach()
+    w = wq.w_hat  # learned rounding (AdaRound, GPTQ) lives here; on the grid, so these are its codes exactly
     qp = wq.qparams
     qtype = _int_qtype(wq, f"weight of {wq.layer}")
     codes = quantize(w, qp).to(_storage_dtype(qtype))
@@ -168,8 +181,7 @@ def _replace_nbits(gm: fx.GraphModule, node: fx.Node, wq: WeightQuantizer) -> bo
     x = lin.args[0]
     if isinstance(x, fx.Node) and x.target is qd.dequantize_per_tensor.default:
         return False  # a quantized input: not weight-only
-    owner, _, attr = str(node.args[0].target).rpartition(".")
-    w = getattr(gm.get_submodule(owner) if owner else gm, attr).detach()
+    w = wq.w_hat  # the simulated weight (learned rounding included), on the grid
     if w.dim() != 2 or qp.granularity.axis % 2 != 1 or not exportable(qp.qtype.bits, qp.granularity.size):
         return False
     n, k = w.shape

@@ -2,6 +2,9 @@
 
     w' = w * gamma / sqrt(var + eps)   (per output channel)
     b' = (b - mean) * gamma / sqrt(var + eps) + beta
+
+The folded layer's node keeps BatchNorm's own assumption about its output, N(beta, gamma^2) per channel, as
+`lowbit.graph.bn_stats.BNStats` in its meta (the analytic bias correction reads it).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
+from lowbit.graph.bn_stats import BNStats, set_bn_stats
 from lowbit.graph.nodes import attr_path, get_attr_tensor, set_attr_tensor
 
 aten = torch.ops.aten
@@ -50,6 +54,7 @@ def _fold_pair(gm: fx.GraphModule, conv: fx.Node, bn: fx.Node) -> bool:
     gamma = get_attr_tensor(gm, gamma_n) if gamma_n is not None else torch.ones_like(mean)
     beta = get_attr_tensor(gm, beta_n) if beta_n is not None else torch.zeros_like(mean)
     b = get_attr_tensor(gm, b_node) if isinstance(b_node, fx.Node) else torch.zeros_like(mean)
+    set_bn_stats(conv, BNStats.from_bn(gamma, beta))
     factor = gamma / torch.sqrt(var + eps)  # (C_out,)
     shape = (-1,) + (1,) * (w.dim() - 1)  # broadcast over the weight's non-output axes
     set_attr_tensor(gm, attr_path(w_node), (w * factor.reshape(shape)).detach())

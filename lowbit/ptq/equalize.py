@@ -15,8 +15,13 @@ channel (aten.clamp.Tensor; it stays float in a fully quantized config, as it ha
 High-bias absorption (section 4.2): where f is ReLU(6) and layer 2 reads f's output directly (no zero padding:
 a linear layer or a conv with padding 0), c_i = max(0, mu_i - 3 sigma_i) is moved from b1 into b2
 (b1 -= c, b2 += W2 c, ReLU6 bound -= c): f(z - c) = f(z) - c wherever z >= c. The paper takes mu and sigma from
-the BatchNorm that follows layer 1; lowbit folds BatchNorm before passes run, so they are the pre-activation
-mean and standard deviation per channel measured on the calibration batches (first `samples` rows).
+the BatchNorm that follows layer 1. With `stats="measured"` (default) they are the pre-activation mean and
+standard deviation per channel measured on the calibration batches (first `samples` rows); with `stats="bn"`
+they are the folded BatchNorm's beta and |gamma| (`lowbit.graph.bn_stats`, data-free, as in the paper), and
+pairs whose first layer had no BatchNorm are not absorbed.
+
+Both steps keep the BatchNorm statistics on layer 1's node in step with its output: equalization divides
+channel i by s_i (mean / s, std / s), absorption subtracts c (mean - c).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 from torch import fx
 from torch.nn import functional as F  # noqa: N812
 
+from lowbit.graph.bn_stats import bn_stats, scale_bn_stats, shift_bn_stats
 from lowbit.graph.nodes import attr_path, get_attr_tensor, set_attr_tensor
 from lowbit.ptq import register_pass
 from lowbit.ptq.runner import GraphRunner, first_rows
@@ -39,6 +45,7 @@ DEFAULT_ROUNDS = 20
 CONVERGED = 1e-4  # stop when every |log s_i| of a round is below this
 SIGMAS = 3.0  # c = mu - 3 sigma (section 4.2)
 DEFAULT_SAMPLES = 64
+STATS = ("measured", "bn")  # where high-bias absorption takes mu and sigma from
 
 
 @dataclass
@@ -127,6 +134,7 @@ def equalize_pair(gm: fx.GraphModule, p: Pair) -> torch.Tensor:
     s = torch.where(ok, torch.sqrt(r1 * r2) / r2.clamp_min(torch.finfo(r2.dtype).tiny), torch.ones_like(r1))
     shape1 = (-1,) + (1,) * (w1.dim() - 1)
     set_attr_tensor(gm, attr_path(p.first.args[1]), w1 / s.reshape(shape1))
+    scale_bn_stats(p.first, s)
     b_path = ensure_bias(gm, p.first)
     set_attr_tensor(gm, b_path, get_attr_tensor(gm, bias_node(p.first)) / s)
     w2_new = _in_view(w2, g) * s.reshape(g, 1, -1, 1)
@@ -183,6 +191,18 @@ def _pre_activation_stats(gm, pairs: list[Pair], batches) -> dict[fx.Node, tuple
     return out
 
 
+def _bn_pre_activation_stats(pairs: list[Pair]) -> dict[fx.Node, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-channel mean and standard deviation of each pair's first output as its folded BatchNorm assumed."""
+    found = {p.first: bn_stats(p.first) for p in pairs}
+    return {n: (st.mean, st.std) for n, st in found.items() if st is not None}
+
+
+def _absorption_stats(gm, pairs: list[Pair], batches, stats: str, samples: int):
+    if stats == "bn":
+        return _bn_pre_activation_stats(pairs)
+    return _pre_activation_stats(gm, pairs, first_rows(batches, samples)) if pairs and batches else {}
+
+
 def _absorb(gm: fx.GraphModule, p: Pair, mean: torch.Tensor, std: torch.Tensor) -> None:
     c = (mean - SIGMAS * std).clamp_min(0)
     clamped = p.act.target is aten.clamp.Tensor
@@ -192,6 +212,7 @@ def _absorb(gm: fx.GraphModule, p: Pair, mean: torch.Tensor, std: torch.Tensor) 
     if not (c > 0).any():
         return
     set_attr_tensor(gm, attr_path(bias_node(p.first)), get_attr_tensor(gm, bias_node(p.first)) - c)
+    shift_bn_stats(p.first, c)
     if clamped:
         set_attr_tensor(gm, attr_path(p.act.args[2]), high - c.reshape(high.shape))
     w2 = _weight(gm, p.second)
@@ -206,9 +227,12 @@ def _absorb(gm: fx.GraphModule, p: Pair, mean: torch.Tensor, std: torch.Tensor) 
 
 @register_pass("equalize", "float", paper="Nagel et al. 2019, Data-Free Quantization (sections 4.1-4.2)")
 def equalize(gm: fx.GraphModule, batches, *, config=None, progress=None, rounds: int = DEFAULT_ROUNDS,
-             absorb_bias: bool = True, samples: int = DEFAULT_SAMPLES) -> list[Pair]:
+             absorb_bias: bool = True, samples: int = DEFAULT_SAMPLES, stats: str = "measured") -> list[Pair]:
     """Cross-layer equalization of every conv-conv / linear-linear pair in place, then high-bias absorption
-    (`absorb_bias`, measured on the first `samples` calibration rows). Returns the pairs with their scales."""
+    (`absorb_bias`; mu and sigma measured on the first `samples` calibration rows, or the folded BatchNorm's with
+    `stats="bn"`). Returns the pairs with their scales."""
+    if stats not in STATS:
+        raise ValueError(f"equalize stats must be one of {STATS}, not {stats!r}")
     pairs = find_pairs(gm)
     with torch.no_grad():
         for _ in range(rounds):
@@ -219,10 +243,11 @@ def equalize(gm: fx.GraphModule, batches, *, config=None, progress=None, rounds:
             bound = _relu6_bound(p)
             if bound is not None:
                 _clamp_per_channel(gm, p, bound)
-        absorbable = [p for p in pairs if _absorbable(p)] if absorb_bias and batches else []
-        stats = _pre_activation_stats(gm, absorbable, first_rows(batches, samples)) if absorbable else {}
+        absorbable = [p for p in pairs if _absorbable(p)] if absorb_bias else []
+        found = _absorption_stats(gm, absorbable, batches, stats, samples)
         for p in absorbable:  # in graph order: each pair's statistics were taken before any absorption
-            _absorb(gm, p, *stats[p.first])
+            if p.first in found:
+                _absorb(gm, p, *found[p.first])
     gm.graph.lint()
     gm.recompile()
     return pairs

@@ -68,3 +68,21 @@ def tokens(n_batches=3, batch=2, t=6, d=16, seed=0):
         mask[0, t - 2 :] = 0
         out.append((torch.randn(batch, t, d, generator=g), mask))
     return out
+
+
+def bn_from_data(model: nn.Module, batches) -> nn.Module:
+    """Set each BatchNorm2d's running mean and variance to those of its input on `batches` (in eval mode, in
+    module order, so later BatchNorms see the earlier ones already set): BN's N(beta, gamma^2) assumption about
+    its output then holds for the mean and variance on that data."""
+    model.eval()
+    for bn in [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]:
+        seen = []
+        handle = bn.register_forward_pre_hook(lambda _m, args, seen=seen: seen.append(args[0].detach()))
+        with torch.no_grad():
+            for b in batches:
+                model(*b)
+        handle.remove()
+        x = torch.cat(seen).transpose(0, 1).reshape(bn.num_features, -1).double()
+        bn.running_mean.copy_(x.mean(1))
+        bn.running_var.copy_(x.var(1, unbiased=False))
+    return model

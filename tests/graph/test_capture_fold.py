@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from lowbit.graph.bn_stats import bn_stats
 from lowbit.graph.capture import CaptureError, capture
 from lowbit.graph.fold_bn import fold_bn
 from tests.graph.models import TinyAttention, TinyCNN, images, tokens, trained_bn
@@ -38,6 +39,20 @@ def test_fold_bn_keeps_outputs_and_removes_bn():
     assert aten.batch_norm.default not in _targets(gm)
     for (x,) in images(seed=3):
         assert torch.allclose(gm(x), model(x), atol=1e-5)
+
+
+def test_fold_bn_records_batchnorm_output_statistics_on_the_folded_layer():
+    model = trained_bn(TinyCNN())
+    with torch.no_grad():
+        model.bn.weight[0] = -0.7  # a negative gamma: the std is |gamma|
+    gm = capture(model, images()[0])
+    fold_bn(gm)
+    convs = [n for n in gm.graph.nodes if n.target is aten.conv2d.default]
+    stats = bn_stats(convs[0])  # the stem, followed by the only BatchNorm
+    torch.testing.assert_close(stats.mean, model.bn.bias.detach(), atol=0, rtol=0)
+    torch.testing.assert_close(stats.std, model.bn.weight.detach().abs(), atol=0, rtol=0)
+    assert float(stats.std[0]) == pytest.approx(0.7)
+    assert [bn_stats(n) for n in convs[1:]] == [None, None]
 
 
 def test_user_model_untouched_by_capture_and_fold():

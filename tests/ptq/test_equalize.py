@@ -10,12 +10,16 @@ from torch import nn
 import lowbit.api as api
 from lowbit.config import PassSpec, preset
 from lowbit.core.granularity import PerTensor
+from lowbit.graph.bn_stats import bn_stats
 from lowbit.graph.capture import capture
 from lowbit.graph.fold_bn import fold_bn
 from lowbit.graph.nodes import get_attr_tensor
 from lowbit.metrics import sqnr_db
+from lowbit.ptq.analytic_input import analytic_input_mean
 from lowbit.ptq.equalize import _groups, _in_view, equalize, find_pairs
+from lowbit.ptq.runner import GraphRunner
 from lowbit.zoo.fashion import pretrained
+from tests.graph.models import bn_from_data
 
 SQNR_GAIN_DB = 3.0  # measured about +15 dB on DepthwiseNet at W8A8 per-tensor
 
@@ -127,3 +131,59 @@ def test_fashion_cnn_pairs_equalize_without_changing_outputs():
     assert len(pairs) == 3  # conv1 -> ReLU -> conv2 in each residual block
     with torch.no_grad():
         torch.testing.assert_close(gm(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+# -- BatchNorm statistics follow the rescaled and shifted channels (lowbit.graph.bn_stats) ----------------------
+
+
+def _fitted_model(batches):
+    model = _model()
+    with torch.no_grad():  # dw's pre-activations mostly positive: c = beta - 3 |gamma| > 0 on most channels
+        model.bn2.weight.uniform_(0.3, 0.6)
+        model.bn2.bias.uniform_(2.0, 4.0)
+    for bn in (model.bn1, model.bn2):  # dw's weakest channel has a variance near BatchNorm's default eps, which
+        bn.eps = 1e-12  # would make the output's std |gamma| sqrt(var / (var + eps)) instead of |gamma|
+    return bn_from_data(model, batches)
+
+
+def _measured(gm, node, batches):
+    ys = [GraphRunner(gm, b).run_until([node])[node] for b in batches]
+    y = torch.cat(ys).transpose(0, 1).reshape(ys[0].shape[1], -1).double()
+    return y.mean(1).float(), y.std(1, unbiased=False).float()
+
+
+def test_analytic_input_mean_after_equalization_is_the_scaled_one():
+    model, batches = _model(), _batches()
+    gm = capture(model, batches[0])
+    fold_bn(gm)
+    before = [analytic_input_mean(gm, p.second) for p in find_pairs(gm)]
+    assert before[0] is not None and before[1] is not None and before[2] is None  # f1 had no BatchNorm
+    pairs = equalize(gm, batches, absorb_bias=False)
+    assert pairs[0].act.target is torch.ops.aten.clamp.Tensor  # ReLU6 became a per-channel clamp
+    for p, ex in zip(pairs[:2], before[:2], strict=True):
+        assert (p.scale.log().abs() > 0.1).any()
+        torch.testing.assert_close(analytic_input_mean(gm, p.second), ex / p.scale.double(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("stats", ["measured", "bn"])
+def test_bn_statistics_track_the_layer_output_through_equalization_and_absorption(stats):
+    batches = _batches()
+    model = _fitted_model(batches)
+    gm = capture(model, batches[0])
+    fold_bn(gm)
+    b_dw = get_attr_tensor(gm, find_pairs(gm)[1].first.args[2]).clone()
+    pairs = equalize(gm, batches if stats == "measured" else None, stats=stats)
+    assert (get_attr_tensor(gm, pairs[1].first.args[2]) < b_dw / pairs[1].scale - 0.5).any()  # bias absorbed
+    for p in pairs[:2]:  # c1 and dw: the statistics fitted to the data stay the output's mean and std
+        mean, std = _measured(gm, p.first, batches)
+        torch.testing.assert_close(bn_stats(p.first).mean, mean, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(bn_stats(p.first).std, std, rtol=1e-3, atol=1e-4)
+    with torch.no_grad():
+        out, ref = torch.cat([gm(*b) for b in batches]), torch.cat([model(*b) for b in batches])
+    assert sqnr_db(ref, out) > 40
+
+
+def test_unknown_stats_source_is_refused():
+    model, batches = _model(), _batches()
+    with pytest.raises(ValueError, match="measured"):
+        equalize(capture(model, batches[0]), batches, stats="kl")

@@ -5,21 +5,25 @@ Correction" (ICCV 2019), section 4.2. Quantizing W to W_tilde = W + eps shifts a
 E[y_tilde] - E[y] = eps E[x] (eq. 12); subtracting it from the bias makes the quantized layer unbiased.
 
 - mode "weight": the paper's correction b -= eps E[x] with E[x] the per-channel mean of the layer's float input
-  on the calibration rows. The paper's *data-free* variant computes E[x] analytically from the BatchNorm that
-  precedes the layer (a clipped normal through the ReLU); lowbit folds BatchNorm into the convolutions before
-  passes run and keeps no BatchNorm statistics, so that variant is not implemented: E[x] is measured.
+  on the calibration rows.
+- mode "analytic": the paper's *data-free* variant, b -= eps E[x] with E[x] the mean of the clipped normal that
+  the BatchNorm folded into the producing layer assumes (`lowbit.ptq.analytic_input`; eq. 12-13 and the
+  appendix). It reads no calibration data. Layers whose input has no BatchNorm statistics (the stem reading
+  the image, layers after add, concat or pooling) are left as they are; their `Correction` says so and the
+  pass logs them.
 - mode "empirical" (default; the paper's empirical bias correction): layer by layer in graph order, the mean
   output of the float model minus that of the quantized model (earlier layers quantized and already
   corrected) per output channel, added to the bias. It removes the mean error of the activation quantization
   too, and leaves each corrected layer's mean output error on the calibration rows at zero.
 
-Both run in one sweep of the graph (lowbit.ptq.runner), on the first `samples` calibration rows. The corrected
-bias is the layer's own bias, so `qmodel.float_mode()` afterwards runs with corrected biases too (the float
-reference of later passes moves by the correction); layers without a bias get one.
+"empirical" and "weight" run in one sweep of the graph (lowbit.ptq.runner), on the first `samples` calibration
+rows. The corrected bias is the layer's own bias, so `qmodel.float_mode()` afterwards runs with corrected biases
+too (the float reference of later passes moves by the correction); layers without a bias get one.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -28,20 +32,27 @@ from tqdm.auto import tqdm
 from lowbit.graph.nodes import get_attr_tensor, set_attr_tensor
 from lowbit.graph.quantized_model import QuantizedModel
 from lowbit.ptq import register_pass
+from lowbit.ptq.analytic_input import analytic_input_mean
 from lowbit.ptq.equalize import bias_node, ensure_bias
 from lowbit.ptq.recording import record
 from lowbit.ptq.runner import GraphRunner, first_rows, runners
 
 KINDS = ("conv1d", "conv2d", "linear")
+MODES = ("empirical", "weight", "analytic")
 DEFAULT_SAMPLES = 128
+NO_STATS = "input has no BatchNorm statistics"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Correction:
-    """The shift added to one layer's bias (mean absolute value over its output channels)."""
+    """The shift added to one layer's bias (mean absolute value over its output channels); `skipped` says why a
+    layer was left uncorrected (mode "analytic")."""
 
     layer: str
     mean_abs_shift: float
+    skipped: str = ""
 
 
 def channel_mean(y: torch.Tensor, kind: str) -> torch.Tensor:
@@ -70,6 +81,21 @@ def _weight_shift(qmodel: QuantizedModel, info, ex: torch.Tensor) -> torch.Tenso
     return conv(x, eps, groups=groups).reshape(-1)
 
 
+def _in_channels(qmodel: QuantizedModel, info) -> int:
+    w = qmodel.weight_of(info)
+    node = next(n for n in qmodel.graph_module.graph.nodes if n.name == info.node)
+    groups = int(node.args[6]) if info.kind != "linear" and len(node.args) > 6 else 1
+    return w.shape[1] * groups
+
+
+def _analytic(qmodel: QuantizedModel, info, node) -> torch.Tensor | None:
+    """-eps E[x] with E[x] from BatchNorm statistics, or None where the input has none."""
+    ex = analytic_input_mean(qmodel.graph_module, node)
+    if ex is None or ex.numel() != _in_channels(qmodel, info):
+        return None
+    return -_weight_shift(qmodel, info, ex)
+
+
 def _layers(qmodel: QuantizedModel):
     return [i for i in qmodel.quantized_layers() if i.kind in KINDS and i.weight_quantizer]
 
@@ -92,8 +118,10 @@ def _correct(qmodel, info, node, float_runs, quant_runs, mode: str) -> torch.Ten
 def bias_correction(qmodel: QuantizedModel, batches, *, progress=None, mode: str = "empirical",
                     samples: int = DEFAULT_SAMPLES) -> list[Correction]:
     """Correct the bias of every quantized conv/linear layer in place (see the module docstring)."""
-    if mode not in ("empirical", "weight"):
-        raise ValueError(f"bias_correction mode must be 'empirical' or 'weight', not {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"bias_correction mode must be one of {MODES}, not {mode!r}")
+    if mode == "analytic":
+        return _correct_analytic(qmodel)
     gm = qmodel.graph_module
     nodes = {n.name: n for n in gm.graph.nodes}
     layers = _layers(qmodel)
@@ -111,6 +139,28 @@ def bias_correction(qmodel: QuantizedModel, batches, *, progress=None, mode: str
             b = get_attr_tensor(gm, bias_node(node))
             set_attr_tensor(gm, paths[info.name], (b + delta.to(b.dtype)).detach())
             out.append(Correction(info.name, float(delta.abs().mean())))
+    return out
+
+
+def _correct_analytic(qmodel: QuantizedModel) -> list[Correction]:
+    gm = qmodel.graph_module
+    nodes = {n.name: n for n in gm.graph.nodes}
+    out = []
+    with torch.no_grad():
+        for info in _layers(qmodel):
+            node = nodes[info.node]
+            delta = _analytic(qmodel, info, node)
+            if delta is None:
+                out.append(Correction(info.name, 0.0, NO_STATS))
+                continue
+            path = ensure_bias(gm, node)
+            b = get_attr_tensor(gm, bias_node(node))
+            set_attr_tensor(gm, path, (b + delta.to(b.dtype)).detach())
+            out.append(Correction(info.name, float(delta.abs().mean())))
+    gm.recompile()
+    skipped = [c.layer for c in out if c.skipped]
+    log.info("analytic bias correction: %d layers corrected, %d without BatchNorm statistics: %s",
+             len(out) - len(skipped), len(skipped), ", ".join(skipped))
     return out
 
 

@@ -4,7 +4,9 @@
     nice -n 5 .venv/bin/python bench/repair.py --models fashion-cnn [--rows W4A8/rtn ...] [--iters 300]
 
 Rows: W8A8 with per-tensor weights with and without cross-layer equalization and bias correction (Nagel et
-al. 2019), and W4A8, W4A4, W2A4 (per-channel weights) with round-to-nearest, AdaRound, BRECQ and QDrop. At
+al. 2019; "-analytic": the data-free bias correction from BatchNorm statistics, "equalize-bn": high-bias
+absorption from BatchNorm statistics too, so that nothing reads calibration data but the range estimators),
+and W4A8, W4A4, W2A4 (per-channel weights) with round-to-nearest, AdaRound, BRECQ and QDrop. At
 4 bits and below the first and last layers stay W8A8, the convention of BRECQ and QDrop. Metrics are the
 task's own on its evaluation batches (fashion-cnn: accuracy on real labels; EfficientNet-Lite0: top-1
 agreement with fp32), kept apart from the calibration batches. Results go to results/repair-<model>.json
@@ -45,7 +47,10 @@ BITS = {"W4A8": (4, 8), "W4A4": (4, 4), "W2A4": (2, 4)}
 METHODS = ("rtn", "adaround", "brecq", "qdrop")
 RECONSTRUCTION = {"adaround", "brecq", "qdrop"}
 W8A8_PASSES = {"rtn": (), "equalize": ("equalize",), "bias_correction": ("bias_correction",),
-               "equalize+bias_correction": ("equalize", "bias_correction")}
+               "equalize+bias_correction": ("equalize", "bias_correction"),
+               "bias_correction-analytic": ("bias_correction:mode=analytic",),
+               "equalize+bias_correction-analytic": ("equalize", "bias_correction:mode=analytic"),
+               "equalize-bn+bias_correction-analytic": ("equalize:stats=bn", "bias_correction:mode=analytic")}
 DEFAULT_ROWS = [f"W8A8-per-tensor/{p}" for p in W8A8_PASSES] + [f"{b}/{m}" for b in BITS for m in METHODS]
 
 
@@ -62,7 +67,7 @@ def row_config(model: str, row: str, iters: int, samples: int) -> QuantConfig:
     if bits == "W8A8-per-tensor":
         base = preset("w8a8")
         config = replace(base, weight=replace(base.weight, granularity=PerTensor()))
-        return replace(config, passes=tuple(PassSpec(p) for p in W8A8_PASSES[method]))
+        return replace(config, passes=tuple(PassSpec.parse(p) for p in W8A8_PASSES[method]))
     config = low_bit_config(model, *BITS[bits])
     if method == "rtn":
         return config
@@ -111,8 +116,28 @@ def write_markdown(command: str) -> None:
             "'iters per unit' is far below the papers' 20,000 (CPU budget).")
     body = []
     for r in saved:
-        body.append(table(r) + f"\n\nCommand: `{r.get('command', '')}`")
+        commands = dict.fromkeys(x.get("command", r.get("command", "")) for x in r["rows"] if x["name"] != "fp32")
+        body.append(table(r) + "\n\n" + "  \n".join(f"Command: `{c}`" for c in commands))
     write_section(ROOT / "BENCHMARKS.md", SECTION, head + "\n\n" + "\n\n".join(body))
+
+
+def load_results(path: Path) -> dict:
+    """A model's results file; rows of runs older than the per-row command carry the file's command."""
+    res = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    for r in res["rows"]:
+        if r["name"] != "fp32":
+            r.setdefault("command", res.get("command", ""))
+    return res
+
+
+def merge_row(path: Path, res: dict, row: dict) -> dict:
+    """Add `row` to the results file, re-reading it first so that two runs on one model keep each other's rows."""
+    saved = load_results(path)
+    rows = {x["name"]: x for x in res["rows"] + saved["rows"]}
+    rows[row["name"]] = row
+    res = {**res, "rows": list(rows.values())}
+    path.write_text(json.dumps(res, indent=1))
+    return res
 
 
 def main() -> None:
@@ -132,19 +157,17 @@ def main() -> None:
         task = lowbit.zoo.load(model, n_calib=args.n_calib, n_eval=args.n_eval)
         n_cal, n_ev = sum(len(b[0]) for b in task.calib), sum(len(b[0]) for b in task.eval)
         path = out / f"repair-{model}.json"
-        res = json.loads(path.read_text()) if path.exists() else {"rows": []}
+        res = load_results(path)
         if not any(r["name"] == "fp32" for r in res["rows"]):
             res["rows"].insert(0, {"name": "fp32", "metrics": task.evaluate(task.model), "passes": []})
         res.update(model=model, primary_metric=task.primary_metric, command=command,
                    setup=f"{n_cal} calibration and {n_ev} evaluation samples")
         for row in args.rows:
             r = run_row(task, model, row, args.iters, args.samples)
+            r["command"] = command
             print(model, row, r["metrics"], f"{r['build_s']:.0f}s", flush=True)
-            rows = {x["name"]: x for x in res["rows"]}
-            rows[row] = r
-            res["rows"] = list(rows.values())
-            path.write_text(json.dumps(res, indent=1))
-        write_markdown(command)
+            res = merge_row(path, res, r)
+            write_markdown(command)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,43 @@ def _fold_for(gm: fx.GraphModule, src: fx.Node, channels: int, uses: dict[str, i
     return None
 
 
+def _quantized_linear_readers(src: fx.Node, config: QuantConfig, uses: dict[str, int]) -> list[fx.Node]:
+    """The linear layers that read `src` as their input, own their weight and are quantized by `config`."""
+    out = []
+    for r in src.users:
+        if r.target is aten.linear.default and r.args[0] is src and _own_attr(r.args[1], uses):
+            name, cls = module_name(r)
+            if config.for_layer(name, cls)[0] is not None:
+                out.append(r)
+    return out
+
+
+def insert_muls(gm: fx.GraphModule, config: QuantConfig) -> int:
+    """Give every producer whose 1/s has nowhere to fold (GELU outputs; a LayerNorm also read by a residual add,
+    as in BERT) an explicit `x * (1/s)` in front of its quantized linear readers, s = 1 until a pass sets it.
+    This is the form NNCF's SmoothQuant takes: one float per-channel multiply before the activation quantizer,
+    so the migration works on any producer. Returns how many were inserted."""
+    uses, count = _attr_uses(gm), 0
+    for src in list(gm.graph.nodes):
+        readers = _quantized_linear_readers(src, config, uses)
+        if not readers or (len(readers) == len(src.users) and _fold_for(
+                gm, src, get_attr_tensor(gm, readers[0].args[1]).shape[1], uses) is not None):
+            continue
+        path = f"lowbit_smooth_{count}"
+        set_attr_tensor(gm, path, torch.ones(get_attr_tensor(gm, readers[0].args[1]).shape[1]))
+        with gm.graph.inserting_after(src):
+            inv = gm.graph.get_attr(path)
+        with gm.graph.inserting_after(inv):
+            mul = gm.graph.call_function(aten.mul.Tensor, (src, inv))
+        for r in readers:
+            r.args = (mul, *r.args[1:])
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
+
+
 def find_groups(gm: fx.GraphModule, config: QuantConfig) -> dict[fx.Node, Group]:
     """Producer node -> Group, for producers whose every reader is a linear layer the config quantizes."""
     uses = _attr_uses(gm)

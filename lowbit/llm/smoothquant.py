@@ -40,9 +40,12 @@ def smooth_scales(amax_x: torch.Tensor, amax_w: torch.Tensor, alpha: float) -> t
 
 @register_pass("smoothquant", "float", paper="Xiao et al. 2023, arXiv:2211.10438")
 def smoothquant(gm: fx.GraphModule, batches, *, config: QuantConfig, progress=None, alpha: float = DEFAULT_ALPHA,
-                search: bool = False, max_rows: int = MAX_ROWS) -> dict[str, float]:
+                search: bool = False, max_rows: int = MAX_ROWS, explicit: bool = False) -> dict[str, float]:
     """Fold per-channel smoothing factors into norms/linears and the linear layers' weights; returns the alpha
-    used per group (named by its first layer)."""
+    used per group (named by its first layer). `explicit`: producers with nowhere to fold 1/s (BERT's LayerNorm,
+    also read by the residual; GELU) get a per-channel multiply before their linears (`smoothing.insert_muls`)."""
+    if explicit:
+        smoothing.insert_muls(gm, config)
     groups = smoothing.find_groups(gm, config)
     chosen: dict[str, float] = {}
     if not groups:

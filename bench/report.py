@@ -141,7 +141,9 @@ def runs_text(result: dict) -> str:
         tag = f"Run {i}: " if len(runs) > 1 else ""
         minutes = f", {run['wall_s'] / 60:.0f} min" if "wall_s" in run else ""
         when = f"{run.get('date', 'date not recorded')} UTC{minutes}"
-        lines.append(f"{tag}`{run.get('command', '?')}`, {when}, {_load_text(run.get('load_avg'))}.")
+        cpu = run.get("cpu")
+        where = f", CPU {cpu['model']} ({', '.join(cpu['flags']) or 'no flag of interest'})" if cpu else ""
+        lines.append(f"{tag}`{run.get('command', '?')}`, {when}{where}, {_load_text(run.get('load_avg'))}.")
     return "  \n".join(lines)
 
 
@@ -159,13 +161,13 @@ def pair_notes(result: dict) -> str:
 
 def section_text(results: list[dict]) -> str:
     first = results[0]
-    cpu = first["cpu"]
+    cpus = {(c["model"], c["cpus"], ", ".join(c["flags"]) or "none of interest"): None
+            for r in results for c in (run.get("cpu") for run in runs_of(r)) if c}
     parts = [
         SECTION,
         "",
-        "Made by `bench/run.py --suite full` (each table names its exact command and date). "
-        f"CPU: {cpu['model']}, {cpu['cpus']} logical CPUs, "
-        f"flags: {', '.join(cpu['flags']) or 'none of interest'}. Versions: "
+        "Made by `bench/run.py --suite full` (each table names its exact command, date and CPU per run). "
+        "CPUs: " + "; ".join(f"{m}, {n} logical CPUs, flags: {f}" for m, n, f in cpus) + ". Versions: "
         + ", ".join(f"{k} {v}" for k, v in first["versions"].items())
         + ". Timings were taken on a shared 2-core machine with other jobs running (each table gives the load "
         "average at the start and end of its run): expect about ±15% noise; compare ratios within one run, "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-RUN_KEYS = ("command", "date", "wall_s", "load_avg")
+RUN_KEYS = ("command", "date", "wall_s", "load_avg", "cpu")
 
 
 def row_order(family: str, name: str) -> tuple[bool, str, str]:
@@ -19,9 +19,10 @@ def row_order(family: str, name: str) -> tuple[bool, str, str]:
 
 def runs_of(result: dict) -> list[dict]:
     """The result's runs; a file written before runs were recorded counts as one run (its top-level fields)."""
-    if "runs" in result:
-        return result["runs"]
-    return [{key: result[key] for key in RUN_KEYS if key in result}]
+    if "runs" not in result:
+        return [{key: result[key] for key in RUN_KEYS if key in result}]
+    # runs recorded before each run kept its own CPU were all made on the CPU of the file's top level
+    return [run if "cpu" in run or "cpu" not in result else {**run, "cpu": result["cpu"]} for run in result["runs"]]
 
 
 def _tagged(rows: Iterable[dict], run: int) -> list[dict]:

@@ -182,6 +182,7 @@ def run_model(name: str, suite: Suite, suite_name: str, wanted: list[str] | None
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
         "wall_s": time.perf_counter() - start,
         "load_avg": {"start": list(load_start), "end": list(os.getloadavg())},
+        "cpu": cpu_flags(),  # per run: a merged table may hold runs made on different machines
     }
     return {
         "suite": suite_name,

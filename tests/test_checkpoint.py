@@ -304,3 +304,25 @@ def _edit_meta(folder, **changes):
     meta = json.loads(path.read_text())
     meta.update(changes)
     path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["table", "tied-table"])
+def test_quantized_embedding_round_trips_from_packed_codes(tmp_path, tied):
+    from tests.graph.embedding_models import DIM, VOCAB, TiedEmbed, TinyEmbed, ids
+
+    cls = TiedEmbed if tied else TinyEmbed
+    config = lowbit.preset("w4a16", weight=_spec("int4", PerGroup(16), symmetric=False)).with_embeddings()
+    batches = ids()
+    qmodel = lowbit.quantize(_seeded(cls, 0), batches, config)
+    lowbit.save(qmodel, tmp_path / "ckpt")
+    stored = load_file(tmp_path / "ckpt" / files.TENSORS_FILE)
+    meta = json.loads((tmp_path / "ckpt" / files.META_FILE).read_text())
+    qname = qmodel.embeddings["emb"].weight_quantizer
+    assert meta["quantized_weights"]["emb.weight"] == qname and "emb.weight" not in meta["float_tensors"]
+    bits = 4 if tied else 8  # a tied table holds its LM head's int4 codes; a plain one int8 per row
+    assert stored[f"quantizer.{qname}.codes"].numel() == VOCAB * DIM * bits // 8
+    assert not [k for k, t in stored.items() if t.is_floating_point() and t.numel() >= VOCAB * DIM // 8]
+    loaded = lowbit.load(tmp_path / "ckpt", _seeded(cls, 3))
+    for a, b in zip(_outputs(loaded, batches), _outputs(qmodel, batches), strict=True):
+        assert _same(a, b)  # both outputs (projection, gathered rows) bit for bit
+    assert loaded.embeddings["emb"].weight_quantizer == qname

@@ -31,6 +31,7 @@ class QuantizeRequest:
     preset: str = "w8a8"
     estimator: str | None = None
     fully_quantized: bool = False
+    quantize_embeddings: bool = False
     keep_float: tuple[str, ...] = ()
     passes: tuple[str, ...] = ()
     export: str | None = None
@@ -45,7 +46,7 @@ class QuantizeRequest:
 
 
 def build_config(req: QuantizeRequest) -> QuantConfig:
-    """The preset with the request's estimator, fully-quantized flag and keep-float rules applied."""
+    """The preset with the request's estimator, fully-quantized and embedding flags and keep-float rules applied."""
     from lowbit.calib import ESTIMATORS
 
     config = preset(req.preset)
@@ -61,6 +62,8 @@ def build_config(req: QuantizeRequest) -> QuantConfig:
         config = replace(config, activation=act)
     if req.fully_quantized:
         config = replace(config, fully_quantized=True)
+    if req.quantize_embeddings:
+        config = config.with_embeddings()
     if req.passes:
         from lowbit.ptq import PASSES
 

@@ -141,3 +141,13 @@ def test_export_runs_int8_in_onnxruntime_on_fashion_cnn(tmp_path):
     assert onnx_info["integer_share"]["integer_fraction"] > 0.5 and "warning" not in onnx_info
     assert onnx_info["parity_within_one_step"] >= 0.999
     assert abs(onnx_info["metrics"]["accuracy"] - summary["accuracy"]) <= 0.01
+
+
+def test_quantize_embeddings_flag_sets_the_embedding_spec():
+    from lowbit.config import EMBEDDING_INT8
+    from lowbit.quantize_cmd import QuantizeRequest, build_config
+
+    assert build_config(QuantizeRequest(model="m", quantize_embeddings=True)).embedding == EMBEDDING_INT8
+    assert build_config(QuantizeRequest(model="m")).embedding is None
+    result = CliRunner().invoke(main, ["quantize", "--help"])
+    assert "--quantize-embeddings" in result.output

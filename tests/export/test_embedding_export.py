@@ -123,3 +123,16 @@ def test_gather_nbits_reference_equals_dequantized_rows(bits):
     got = gather_nbits(b, scale.reshape(12, 2, 1), z, rows, bits, 16).flatten(-2)
     ref = ((codes.reshape(12, 2, 16) - zp.reshape(12, 2, 1)) * scale.reshape(12, 2, 1)).reshape(12, 32)[rows]
     assert torch.equal(got, ref.float())
+
+
+def test_pt2e_program_gathers_int8_codes_and_equals_simulation():
+    from lowbit.export.pt2e import to_exported_program
+
+    qm = lowbit.quantize(seeded(TinyEmbed), ids(), W4A16.with_embeddings(W4_G16))  # per-group: plain ops here
+    program = to_exported_program(qm, ids(1, batch=2, t=5)[0])
+    tensors = {**dict(program.named_buffers()), **program.constants}
+    assert any(t.dtype == torch.int8 and tuple(t.shape) == (VOCAB, DIM) for t in tensors.values())
+    assert not any(t.is_floating_point() and t.numel() >= VOCAB * DIM for t in tensors.values())
+    x = ids(1, batch=4, t=9, seed=2)[0][0]
+    for got, want in zip(program.module()(x), qm(x), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Checkpoint size against fp32, and save/load round-trip exactness, on real zoo models.
 
-    .venv/bin/python bench/checkpoint_size.py [--models fashion-cnn minilm] [--presets w8a8 w4a16]
+    .venv/bin/python bench/checkpoint_size.py [--models fashion-cnn minilm] [--presets w8a8 w8a8+emb w4a16]
+
+A preset name ending in `+emb` also quantizes the embedding tables (int8 per row; models without any skip it).
 
 For each model and preset: quantize on a small calibration slice, lowbit.save, lowbit.load into a fresh copy of
 the architecture, check the outputs are bit-identical on evaluation batches, and compare the bytes of
@@ -35,11 +37,20 @@ import lowbit.zoo  # noqa: E402
 from bench.common import cpu_flags  # noqa: E402
 from lowbit.checkpoint.files import TENSORS_FILE, tensor_bytes  # noqa: E402
 
+EMBEDDINGS = "+emb"
 
-def measure(name: str, preset: str, n_calib: int, n_eval: int, work: Path) -> dict:
+
+def config_for(preset: str) -> lowbit.QuantConfig:
+    base = lowbit.preset(preset.removesuffix(EMBEDDINGS))
+    return base.with_embeddings() if preset.endswith(EMBEDDINGS) else base
+
+
+def measure(name: str, preset: str, n_calib: int, n_eval: int, work: Path) -> dict | None:
     task = lowbit.zoo.load(name, n_calib=n_calib, n_eval=n_eval)
+    if preset.endswith(EMBEDDINGS) and not any(isinstance(m, torch.nn.Embedding) for m in task.model.modules()):
+        return None
     fp32_bytes = len(tensor_bytes(task.model.state_dict()))
-    qmodel = lowbit.quantize(task.model, task.calib, preset)
+    qmodel = lowbit.quantize(task.model, task.calib, config_for(preset))
     folder = work / f"{name}-{preset}"
     t0 = time.perf_counter()
     lowbit.save(qmodel, folder)
@@ -70,17 +81,17 @@ def measure(name: str, preset: str, n_calib: int, n_eval: int, work: Path) -> di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["fashion-cnn", "minilm"])
-    ap.add_argument("--presets", nargs="+", default=["w8a8", "w4a16"])
+    ap.add_argument("--presets", nargs="+", default=["w8a8", "w8a8+emb", "w4a16", "w4a16+emb"])
     ap.add_argument("--n-calib", type=int, default=16)
     ap.add_argument("--n-eval", type=int, default=16)
     args = ap.parse_args()
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="lowbit-ckpt-"))
-    rows = [measure(m, p, args.n_calib, args.n_eval, work) for m in args.models for p in args.presets]
-    print(f"{'model':<12} {'preset':<7} {'fp32 B':>11} {'ckpt B':>11} {'ratio':>6} {'save s':>7} {'load s':>7} "
+    rows = [r for m in args.models for p in args.presets if (r := measure(m, p, args.n_calib, args.n_eval, work))]
+    print(f"{'model':<12} {'preset':<9} {'fp32 B':>11} {'ckpt B':>11} {'ratio':>6} {'save s':>7} {'load s':>7} "
           f"{'float B':>11} exact")
     for r in rows:
-        print(f"{r['model']:<12} {r['preset']:<7} {r['fp32_safetensors_bytes']:>11} "
+        print(f"{r['model']:<12} {r['preset']:<9} {r['fp32_safetensors_bytes']:>11} "
               f"{r['checkpoint_safetensors_bytes']:>11} {r['ratio']:>6.3f} {r['save_s']:>7.2f} {r['load_s']:>7.2f} "
               f"{r['float_tensor_bytes']:>11} {r['round_trip_exact']}")
     out = {

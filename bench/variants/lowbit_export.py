@@ -5,6 +5,8 @@
 - lowbit-int8-pt2e: the same quantized model lowered to PT2E's ExportedProgram and compiled by torch.compile's x86
   inductor backend (oneDNN int8 kernels);
 - lowbit-w4a16-ort: SmolLM2's weight-only int4 per-group model as onnxruntime's MatMulNBits.
+Embedding tables are quantized too (int8 per row; SmolLM2's tied table is gathered from its LM head's int4 codes
+with GatherBlockQuantized), so the files hold no float table.
 Every build records the share of onnxruntime kernel time spent in integer kernels and the parity of the runtime
 with lowbit's torch simulation (elements within one output step) in the row's note.
 """
@@ -25,8 +27,9 @@ ESTIMATOR = "mse"
 PARITY_ROWS = 8
 
 
-def quantize_deployable(task, calib, name: str = "w8a8"):
-    """(QuantizedModel, seconds, notes) for the task's model in the deployable layout of this CPU."""
+def quantize_deployable(task, calib, name: str = "w8a8", embeddings: bool = True):
+    """(QuantizedModel, seconds, notes) for the task's model in the deployable layout of this CPU. `embeddings`:
+    embedding tables as int8 per-row codes (a tied table: its LM head's codes), where the model has any."""
     from dataclasses import replace
 
     import lowbit
@@ -36,6 +39,9 @@ def quantize_deployable(task, calib, name: str = "w8a8"):
     if config.activation is not None:
         config = replace(config, activation=replace(config.activation, estimator=ESTIMATOR))
     config, notes = deployable(config, task.model)
+    if embeddings and any(isinstance(m, torch.nn.Embedding) for m in task.model.modules()):
+        config = config.with_embeddings()
+        notes.append("embedding tables int8 per row (a tied table shares its LM head's codes)")
     start = time.perf_counter()
     qmodel = lowbit.quantize(task.model, calib, config, progress=False)
     return qmodel, time.perf_counter() - start, notes

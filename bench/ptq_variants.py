@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.common import Built, register_variant, torch_runner
 from lowbit.calib import METHODS
-from lowbit.config import QuantConfig, preset
+from lowbit.config import PassSpec, QuantConfig, preset
 
 ESTIMATORS = METHODS + ("easyquant",)
 
@@ -30,6 +30,11 @@ CONFIGS: dict[str, tuple[Callable[[], QuantConfig], str]] = {
     **{f"lowbit-w8a8-{e}": (lambda e=e: w8a8(e), f"W8A8 static, activation ranges by {e}") for e in ESTIMATORS},
     "lowbit-w8a8-full": (lambda: w8a8("mse", fully_quantized=True),
                          "W8A8 static (mse), fully quantized: add/concat/pool/activation/norm outputs too"),
+    "lowbit-w8a8-mse-smoothquant": (
+        lambda: w8a8("mse", passes=(PassSpec("smoothquant", (("alpha", 0.8), ("explicit", True))),)),
+        "W8A8 static (mse) + SmoothQuant alpha 0.8 with explicit multiplies (BERT's norms feed the residual)"),
+    "lowbit-w8a8-mse-bias-correction": (lambda: w8a8("mse", passes=(PassSpec("bias_correction"),)),
+                                        "W8A8 static (mse) + empirical bias correction"),
     "lowbit-w8a8-dynamic": (lambda: preset("w8a8-dynamic"), "W8A8, per-token dynamic activations"),
     "lowbit-w4a16": (lambda: preset("w4a16"), "W4A16, per-group 128 asymmetric weights"),
 }

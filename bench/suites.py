@@ -24,7 +24,7 @@ class Suite:
 
 SUITES = {
     "quick": Suite(("fashion-cnn", "minilm"), 64, 128, (1,), (1, 32), 5, 2, True, 300),
-    "full": Suite(ALL_MODELS, None, None, (1, 2), (1, 32), 5, 2, False, 420),
+    "full": Suite(ALL_MODELS, None, None, (1, 2), (1, 32), 5, 2, False, 900),
 }
 LLM_SEQ = 128  # SmolLM2 latency: a fixed window of 128 tokens, batch 1 only (batch 32 x 49k-vocab logits is 800 MB)
 LATENCY_BATCHES = {"smollm2": (1,)}

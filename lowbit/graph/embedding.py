@@ -15,7 +15,7 @@ import torch
 from torch import fx
 
 from lowbit.config import QuantConfig
-from lowbit.graph.nodes import module_name
+from lowbit.graph.nodes import get_attr_tensor, module_name
 from lowbit.graph.placement import LayerInfo, _add_module, _fit_group
 from lowbit.graph.quantizers import WeightQuantizer
 
@@ -65,8 +65,12 @@ def quantize_embeddings(gm: fx.GraphModule, config: QuantConfig) -> dict[str, La
 
 
 def _tied_quantizer(gm: fx.GraphModule, table: fx.Node) -> fx.Node | None:
-    """The weight quantizer another layer already put on `table`, if any."""
-    for user in table.users:
-        if user.op == "call_module" and isinstance(gm.get_submodule(str(user.target)), WeightQuantizer):
-            return user
+    """The weight quantizer another layer already put on `table`'s tensor (read through any get_attr), if any."""
+    tensor = get_attr_tensor(gm, table)
+    for node in gm.graph.nodes:
+        if node.op != "get_attr" or get_attr_tensor(gm, node) is not tensor:
+            continue
+        for user in node.users:
+            if user.op == "call_module" and isinstance(gm.get_submodule(str(user.target)), WeightQuantizer):
+                return user
     return None

@@ -76,10 +76,14 @@ def windows(req: LLMRequest, path: str | None, count: int, default_texts) -> lis
 
 
 def perplexity_score(eval_ids: list[torch.Tensor]):
-    """score(i, logits) for stream_quantize: [summed NLL of tokens 1..T-1, their count] of eval batch i."""
+    """score(i, positions, logits) for stream_quantize: [summed NLL, token count] of the tokens that the logits
+    at `positions` (a slice) of eval batch i predict (position t predicts token t + 1; the last predicts none)."""
 
-    def score(i: int, logits: torch.Tensor) -> torch.Tensor:
-        total, count = metrics.token_nll(logits[:, :-1], eval_ids[i][:, 1:])
+    def score(i: int, positions: slice, logits: torch.Tensor) -> torch.Tensor:
+        ids = eval_ids[i]
+        start, stop, _ = positions.indices(ids.shape[1])
+        stop = min(stop, ids.shape[1] - 1)
+        total, count = metrics.token_nll(logits[:, : stop - start], ids[:, start + 1 : stop + 1])
         return torch.tensor([total, count], dtype=torch.float64)
 
     return score

@@ -4,8 +4,10 @@ Each decoder layer is read from the safetensors file only when its turn comes (`
 quantized by `lowbit.quantize` with the config's passes (SmoothQuant, AWQ, GPTQ, LLM.int8...) on calibration
 inputs that are the outputs of the already-quantized layers before it, then applied to the calibration (and
 evaluation) hidden states to feed the next layer, and dropped. Peak memory is one layer, its quantized copy
-and the hidden states of the calibration and evaluation windows, not the whole model (the last stage, final
-norm + lm_head, is one "layer" with the vocabulary-sized head). Layer names follow the checkpoint's keys
+and the calibration activations (every calibration window's values inside the layer, as the lockstep passes
+walk it), not the whole model. The last stage, final norm + lm_head, is the largest "layer" (the vocabulary-
+sized head); evaluation windows are scored through it EVAL_ROWS tokens at a time, so that vocabulary-sized
+logits are never built for a whole batch. Layer names follow the checkpoint's keys
 (`model.layers.3.mlp.down_proj`, `lm_head`), so LayerRules written for the model apply.
 
 Whole-model quantization with the lockstep GPTQ pass quantizes each layer from the outputs of the quantized
@@ -14,10 +16,15 @@ layers before it too, so both give the same model (tests/llm/test_streaming.py c
 
 from __future__ import annotations
 
+import copy
+import ctypes
+import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cache, partial
+from itertools import chain
 from pathlib import Path
 
 import torch
@@ -29,7 +36,10 @@ from lowbit.core.qparams import bits_per_value
 from lowbit.llm.hf import EMBED, HEAD, LAYERS, NORM, CheckpointSource, causal_mask
 
 log = logging.getLogger(__name__)
-Score = Callable[[int, torch.Tensor], torch.Tensor]  # (eval batch index, logits) -> small summary
+# (eval batch index, token positions, their logits [B, t, V]) -> a small summary; a batch's summaries are added
+Score = Callable[[int, slice, torch.Tensor], torch.Tensor]
+Stage = Callable[[str], None]  # told each stage as it starts: model.embed_tokens, model.layers.<i>, lm_head, score
+EVAL_ROWS = 64  # tokens (batch x positions) per head call when scoring: 64 x 49152 logits = 12 MB for SmolLM2
 
 
 class _At(nn.Module):
@@ -45,6 +55,16 @@ class _At(nn.Module):
                     owner.add_module(part, nn.Module())
                 owner = getattr(owner, part)
             owner.add_module(last, module)
+
+    def __deepcopy__(self, memo: dict) -> _At:
+        """A copy that shares this module's tensors. A stage module is built for one `quantize` call and not used
+        after it, so capture's defensive deep copy need not duplicate its weights (for the head: the 113 MB
+        vocabulary table of SmolLM2 held once, not twice)."""
+        memo.update({id(t): t for t in chain(self.parameters(), self.buffers())})
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
 
 
 class DecoderStep(_At):
@@ -117,23 +137,29 @@ def stream_quantize(
     score: Score | None = None,
     out: str | Path | None = None,
     progress: bool | None = None,
+    on_stage: Stage | None = None,
+    eval_rows: int = EVAL_ROWS,
 ) -> StreamResult:
     """Quantize the causal LM in `source` (a CheckpointSource or its folder) one decoder layer at a time.
 
     `calib_ids` / `eval_ids`: batches of token ids [B, T]. Evaluation windows ride along the stream through the
-    quantized layers; `score(i, logits)` reduces eval batch i's logits to a summary (kept in the result; the
-    logits are not). `out`: a folder to write the quantized model to as safetensors shards (weights as the
+    quantized layers; `score(i, positions, logits)` reduces the logits of eval batch i at token `positions` (a
+    slice of T; about `eval_rows` tokens at a time) to a summary; each batch's summaries are added (kept in the result;
+    the logits are not). `out`: a folder to write the quantized model to as safetensors shards (weights as the
     quantized model uses them: dequantized, scales folded in), loadable by `from_pretrained` when activations
-    are float (weight-only configs)."""
+    are float (weight-only configs). `on_stage(name)` is called as each stage starts (to measure memory)."""
     from lowbit.api import quantize
 
     src = source if isinstance(source, CheckpointSource) else CheckpointSource(source)
     writer = _ShardWriter(Path(out), src) if out is not None else None
-    result, start = StreamResult(), time.perf_counter()
+    result, start, stage = StreamResult(), time.perf_counter(), on_stage or (lambda name: None)
+    stage(EMBED)
     hidden, hidden_eval = _embed(src, calib_ids, eval_ids, result, writer)
     context = _Context(src.rotary())
     for i in tqdm(range(src.num_layers), desc="layers", disable=None if progress is None else not progress):
         t0, path = time.perf_counter(), f"{LAYERS}.{i}"
+        _release_freed_memory()
+        stage(path)
         qmodel = quantize(DecoderStep(path, src.module(path)), context.of(hidden), config, progress=False)
         hidden = _run(qmodel, context.of(hidden))
         t1 = time.perf_counter()
@@ -141,14 +167,38 @@ def stream_quantize(
         result.eval_seconds += time.perf_counter() - t1
         _account(result, qmodel, path, time.perf_counter() - t0, writer)
         del qmodel
-    _head(src, quantize(HeadStep({NORM: src.module(NORM), HEAD: src.module(HEAD)}), [(h,) for h in hidden],
-                        config, progress=False), hidden_eval, score, result, writer)
+    gc.collect()  # the finished layers' graphs (fx graphs hold reference cycles) before the largest stage
+    _release_freed_memory()
+    stage(HEAD)
+    head = quantize(HeadStep({NORM: src.module(NORM), HEAD: src.module(HEAD)}), [(h,) for h in hidden], config,
+                    progress=False)
+    del hidden
+    stage("score")
+    _head(src, head, hidden_eval, partial(_score, score=score, rows=eval_rows) if score else None, result,
+          writer)
     if writer is not None:
         writer.finish()
     result.seconds = time.perf_counter() - start
     log.info("streamed %d layers in %.1f s: %.3f bits per quantized weight", src.num_layers, result.seconds,
              result.bits_per_weight)
     return result
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed by the last stage back to the OS (glibc's malloc_trim; nothing elsewhere). glibc keeps
+    freed heap pages for re-use, and a stage's scattered temporaries (torch.export's, the lockstep walk's)
+    would otherwise keep the resident set growing from layer to layer."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+@cache
+def _libc():
+    try:
+        return ctypes.CDLL(None)
+    except OSError:  # no C library to load symbols from
+        return None
 
 
 class _Context:
@@ -175,18 +225,30 @@ def _embed(src: CheckpointSource, calib_ids, eval_ids, result: StreamResult, wri
     return [_run(embed, [(ids,)])[0] for ids in calib_ids], [_run(embed, [(ids,)])[0] for ids in eval_ids]
 
 
-def _head(src: CheckpointSource, head, hidden_eval: list, score: Score | None, result: StreamResult,
-          writer) -> None:
+def _head(src: CheckpointSource, head, hidden_eval: list, score, result: StreamResult, writer) -> None:
     """Score the evaluation windows through the quantized final norm + lm_head and account for it."""
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        result.eval_summaries = [score(j, head(h)) for j, h in enumerate(hidden_eval)] if score else []
+    result.eval_summaries = [score(head, j, h) for j, h in enumerate(hidden_eval)] if score else []
     result.eval_seconds += time.perf_counter() - t0
     _account(result, head, "head", 0.0, writer)
     info = head.layers.get(HEAD)
     if getattr(src.config, "tie_word_embeddings", False) and (info is None or info.kept_float):
         lm_head = head.graph_module.get_submodule(HEAD)
         result.float_bytes -= sum(p.numel() * p.element_size() for p in lm_head.parameters())  # stored once
+
+
+def _score(head, j: int, h: torch.Tensor, *, score: Score, rows: int) -> torch.Tensor:
+    """Eval batch j's summary, added over chunks of positions of about `rows` tokens each (at least two
+    positions, as the captured head's dynamic shapes expect)."""
+    batch, length = h.shape[:2]
+    chunks = max(1, min(length // 2, batch * length // rows))
+    total = None
+    with torch.inference_mode():
+        for pos in torch.arange(length).tensor_split(chunks):
+            at = slice(int(pos[0]), int(pos[-1]) + 1)
+            part = score(j, at, head(h[:, at]))
+            total = part if total is None else total + part
+    return total
 
 
 class _ShardWriter:

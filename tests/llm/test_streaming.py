@@ -6,23 +6,31 @@ import torch
 from click.testing import CliRunner
 
 import lowbit
+from lowbit import metrics
 from lowbit.cli import main
 from lowbit.core.primitives import fake_quantize
+from lowbit.llm.command import perplexity_score
 from lowbit.llm.hf import CheckpointSource
 from lowbit.llm.streaming import stream_quantize
-from tests.llm.tiny import token_batches
+from tests.llm.tiny import SEQ, VOCAB, token_batches
 
 
 def test_streaming_gptq_equals_whole_model_gptq(tiny_model, tiny_folder, tmp_path):
     calib, ev = token_batches(2), token_batches(1, seed=7)
     config = lowbit.preset("w4a16-gptq")
     whole = lowbit.quantize(tiny_model, [(c,) for c in calib], config)
-    logits: list[torch.Tensor] = []
+    chunks: list[tuple[slice, torch.Tensor]] = []
     result = stream_quantize(CheckpointSource(tiny_folder), calib, config, eval_ids=ev,
-                             score=lambda i, out: logits.append(out) or out.sum(), out=tmp_path / "q")
+                             score=lambda i, at, out: chunks.append((at, out)) or out.sum(), out=tmp_path / "q",
+                             eval_rows=8)
+    assert len(chunks) > 1  # scored a few positions at a time, never the whole batch's logits at once
+    assert [(at.start, at.stop) for at, _ in chunks] == list(zip(
+        [0] + [at.stop for at, _ in chunks[:-1]], [at.stop for at, _ in chunks[:-1]] + [SEQ], strict=True))
+    logits = torch.cat([out for _, out in chunks], dim=1)
     with torch.no_grad():
         expected = whole(ev[0])
-        assert torch.allclose(logits[0], expected, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(logits, expected, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(result.eval_summaries[0], expected.sum(), rtol=1e-4)
         assert not torch.allclose(expected, tiny_model(ev[0]), atol=1e-3)  # it did quantize
     info = whole.layers["lm.model.layers.1.mlp.down_proj"]
     wq = whole.graph_module.get_submodule(info.weight_quantizer)
@@ -35,6 +43,18 @@ def test_streaming_gptq_equals_whole_model_gptq(tiny_model, tiny_folder, tmp_pat
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "q", attn_implementation="eager").eval()
     down = reloaded.model.layers[1].mlp.down_proj.weight
     assert torch.equal(down, wq.w_hat)
+
+
+def test_perplexity_score_adds_up_over_chunks_of_positions():
+    ids = token_batches(1)[0]
+    logits = torch.randn(ids.shape[0], SEQ, VOCAB, generator=torch.Generator().manual_seed(3))
+    score = perplexity_score([ids])
+    whole = score(0, slice(None), logits)
+    parts = sum(score(0, slice(a, b), logits[:, a:b]) for a, b in ((0, 5), (5, 11), (11, SEQ)))
+    assert whole[1] == parts[1] == ids.shape[0] * (SEQ - 1)  # the last position predicts nothing
+    assert torch.allclose(whole[0], torch.tensor(metrics.token_nll(logits[:, :-1], ids[:, 1:])[0],
+                                                 dtype=torch.float64))
+    assert torch.allclose(parts, whole)
 
 
 def test_cli_quantize_llm_on_a_user_folder(tiny_folder, tmp_path):

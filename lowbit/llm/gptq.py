@@ -36,6 +36,7 @@ from lowbit.ptq import register_pass
 log = logging.getLogger(__name__)
 BLOCKSIZE = 128
 PERCDAMP = 0.01
+ERROR_ROWS = 4096
 
 
 def hessian(inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -93,7 +94,8 @@ def _static_grid(w: torch.Tensor, spec: QuantSpec, group: int) -> _Grid:
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, blocksize: int = BLOCKSIZE,
                   percdamp: float = PERCDAMP, act_order: bool = False) -> tuple[torch.Tensor, QParams]:
-    """(Q, QParams): W (out, in) quantized by GPTQ under `spec` with the Hessian `h` (in, in)."""
+    """(Q, QParams): W (out, in) quantized by GPTQ under `spec` with the Hessian `h` (in, in). Working memory is
+    two copies of W (the error-updated W and Q) and one update temporary: an lm_head's is the largest."""
     W, H = w.detach().clone().to(torch.float32), h.clone().to(torch.float32)
     cols = W.shape[1]
     group = _group_size(spec, cols)
@@ -102,8 +104,9 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, blocksiz
     static = act_order or group == cols or getattr(spec, "double_quant", False)
     grid = _static_grid(W, spec, group) if static else _Grid(torch.empty(W.shape[0], cols // group),
                                                            torch.empty(W.shape[0], cols // group), group)
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
-    W, H = W[:, perm], H[perm][:, perm]
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else None
+    if perm is not None:
+        W, H = W[:, perm], H[perm][:, perm]
     H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     Q = torch.zeros_like(W)
@@ -111,26 +114,36 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, blocksiz
         i2 = min(i1 + blocksize, cols)
         W1, Hinv1, Err1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2], torch.zeros(W.shape[0], i2 - i1)
         for i in range(i2 - i1):
-            col = int(perm[i1 + i])
+            col = i1 + i if perm is None else int(perm[i1 + i])
             if not static and col % group == 0:  # a group starts: its scales from the updated weights
                 grid.scale[:, col // group], grid.zero[:, col // group] = _group_params(
-                    torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :group], spec)
+                    _next_columns(W1[:, i:], W[:, i2:], group), spec)
             q = grid.fake_quant(W1[:, i], col, spec.qtype)
             err = (W1[:, i] - q) / Hinv1[i, i]
             W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
             Q[:, i1 + i], Err1[:, i] = q, err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    Q = Q[:, torch.argsort(perm)].to(w.dtype)
+    Q = (Q if perm is None else Q[:, torch.argsort(perm)]).to(w.dtype)
     n = 1 if isinstance(spec.granularity, PerTensor) else None
     qp = QParams(grid.scale.reshape(-1)[:n], grid.zero.reshape(-1)[:n].round().to(torch.int32), spec.qtype,
                  spec.granularity, grid.storage)
     return Q, qp
 
 
+def _next_columns(block_rest: torch.Tensor, after: torch.Tensor, n: int) -> torch.Tensor:
+    """The first `n` columns of [block_rest | after], copying only those."""
+    head = block_rest[:, :n]
+    return head if head.shape[1] == n else torch.cat([head, after[:, : n - head.shape[1]]], 1)
+
+
 def layer_error(w_hat: torch.Tensor, w: torch.Tensor, h: torch.Tensor) -> float:
-    """tr((W_hat - W) H (W_hat - W)^T) / 2 = mean over rows of ||(W_hat - W) x||^2: the layer output error."""
-    d = (w_hat - w).to(torch.float32)
-    return float(torch.einsum("oi,ij,oj->", d, h, d) / 2)
+    """tr((W_hat - W) H (W_hat - W)^T) / 2 = mean over rows of ||(W_hat - W) x||^2: the layer output error
+    (summed over blocks of ERROR_ROWS output rows, so that an lm_head's difference is never copied whole)."""
+    total = 0.0
+    for r in range(0, w.shape[0], ERROR_ROWS):
+        d = (w_hat[r : r + ERROR_ROWS] - w[r : r + ERROR_ROWS]).to(torch.float32)
+        total += float(torch.einsum("oi,ij,oj->", d, h, d))
+    return total / 2
 
 
 @register_pass("gptq", "quantized", paper="Frantar et al. 2023, arXiv:2210.17323")
@@ -154,8 +167,10 @@ def gptq(qmodel: QuantizedModel, batches, *, progress=None, blocksize: int = BLO
             cache[node.args[0]] = hessian([args[0] for args, _ in calls])
         H = cache[node.args[0]]
         wq, w = gm.get_submodule(info.weight_quantizer), qmodel.weight_of(info).detach()
+        rtn = layer_error(wq.w_hat, w, H)
+        wq.w_hat = None  # the round-to-nearest weight is not needed while GPTQ works
         Q, qp = gptq_quantize(w, H, wq.spec, blocksize=blocksize, percdamp=percdamp, act_order=act_order)
-        errors[info.name] = (layer_error(wq.w_hat, w, H), layer_error(Q, w, H))
+        errors[info.name] = (rtn, layer_error(Q, w, H))
         wq.qparams, wq.w_hat = qp, Q
         return [((args[0], Q, *args[2:]), kwargs) for args, kwargs in calls]
 

@@ -212,9 +212,17 @@ _CODEBOOKS = {
 }
 
 
-def _nearest_level(u, levels, stochastic=False, generator=None):
+LEVEL_CHUNK = 1 << 22  # values per pass of the nearest-level search (an LLM head holds 28M weights)
+
+
+def _nearest_level(u, levels, stochastic=False, generator=None, chunk=LEVEL_CHUNK):
     """Index of the nearest level (ties to the even index), or stochastic rounding between the two
-    neighbours with P(upper) = (u - lower) / (upper - lower), which is unbiased inside the range."""
+    neighbours with P(upper) = (u - lower) / (upper - lower), which is unbiased inside the range. The
+    deterministic search runs `chunk` values at a time: its int64 indices and distances would otherwise take
+    ~12x the memory of `u`."""
+    if not stochastic and u.numel() > chunk:
+        parts = [_nearest_level(c, levels) for c in u.reshape(-1).split(chunk)]
+        return torch.cat(parts).reshape(u.shape)
     levels = levels.to(u.device, u.dtype)
     n = levels.numel()
     u = u.clamp(levels[0], levels[-1])

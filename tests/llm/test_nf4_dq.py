@@ -34,3 +34,14 @@ def test_double_quant_json_round_trip():
     assert again == config and again.weight.double_quant
     plain = QuantConfig.from_json(lowbit.preset("w4a16").to_json())
     assert not plain.weight.double_quant
+
+
+@pytest.mark.parametrize("qtype", ["nf4", "fp4_e2m1"])
+def test_nearest_level_in_chunks_equals_one_pass(qtype):
+    from lowbit.core.qtype import _nearest_level
+
+    qt = get_qtype(qtype)
+    levels = qt.levels() if qtype == "nf4" else qt._magnitudes
+    u = torch.cat([torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 1.5, levels,
+                   (levels[1:] + levels[:-1]) / 2])  # ties between levels too
+    assert torch.equal(_nearest_level(u, levels, chunk=7), _nearest_level(u, levels, chunk=u.numel()))

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from bench.common import cpu_flags  # noqa: E402
 from bench.markdown import write_section  # noqa: E402
-from bench.memory import run_forked, status_mib  # noqa: E402
+from bench.memory import StagePeaks, run_forked, status_mib  # noqa: E402
 from lowbit.config import Mode, PassSpec, QuantConfig, preset  # noqa: E402
 
 SECTION = "## Large language models"
@@ -119,7 +119,7 @@ def _whole(folder: str, calib: list, ev: list, config: QuantConfig) -> dict:
     seconds = time.perf_counter() - t0
     score, t1 = perplexity_score(ev), time.perf_counter()
     with torch.inference_mode():
-        ppl = perplexity([score(i, qmodel(e)) for i, e in enumerate(ev)])
+        ppl = perplexity([score(i, slice(None), qmodel(e)) for i, e in enumerate(ev)])
     bits = params = 0.0
     for info in qmodel.quantized_layers():
         if info.weight_quantizer:
@@ -138,9 +138,19 @@ def _streamed(folder: str, calib: list, ev: list, config: QuantConfig) -> dict:
     from lowbit.llm.command import perplexity, perplexity_score
     from lowbit.llm.streaming import stream_quantize
 
-    res = stream_quantize(folder, calib, config, eval_ids=ev, score=perplexity_score(ev), progress=False)
+    peaks = StagePeaks()
+    res = stream_quantize(folder, calib, config, eval_ids=ev, score=perplexity_score(ev), progress=False,
+                          on_stage=peaks)
     return {"perplexity": perplexity(res.eval_summaries), "bits_per_weight": res.bits_per_weight,
-            "size_bytes": res.size_bytes, "quant_s": res.seconds - res.eval_seconds, "eval_s": res.eval_seconds}
+            "size_bytes": res.size_bytes, "quant_s": res.seconds - res.eval_seconds, "eval_s": res.eval_seconds,
+            "stage_peaks_mib": _by_stage(peaks.close())}
+
+
+def _by_stage(peaks: dict[str, float]) -> dict[str, float]:
+    """Sampled peak RSS per stage of stream_quantize, the decoder layers as one figure (their maximum)."""
+    layers = [v for k, v in peaks.items() if k.startswith("model.layers.")]
+    return {"start": peaks["start"], "embedding": peaks["model.embed_tokens"], "decoder layers": max(layers),
+            "head": peaks["lm_head"], "scoring": peaks["score"]}
 
 
 def run_row(name: str, folder: str, work: Path) -> dict:
@@ -172,6 +182,31 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def breakdown(result: dict) -> str:
+    """What the streamed GPTQ peak consists of, from that row's per-stage samples, beside the whole model's."""
+    rows = {r["name"]: r for r in result["rows"]}
+    r, whole = rows.get("w4a16-gptq", {}), rows.get("w4a16-gptq-whole", {})
+    if "stage_peaks_mib" not in r:
+        return ""
+    st, cfg = r["stage_peaks_mib"], json.loads((Path(result["setup"]["folder"]) / "config.json").read_text())
+    h, inter, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
+    layer_mib = (2 * h * h + 2 * h * kv + 3 * h * inter) * 4 / 2**20
+    states_mib = result["n_calib"] * 256 * h * 4 / 2**20
+    whole_txt = f" Whole-model GPTQ peaked at {whole['peak_rss_mib']:.0f} MiB." if "peak_rss_mib" in whole else ""
+    return (
+        f"Where the streamed W4A16 GPTQ peak ({r['peak_rss_mib']:.0f} MiB, VmHWM) comes from, RSS sampled per "
+        f"stage: {st['start']:.0f} MiB as streaming starts (Python, torch, the token ids; the forked child's base "
+        f"is {r['fork_base_rss_mib']:.0f} MiB), {st['embedding']:.0f} MiB while embedding (transformers and the "
+        f"model skeleton on the meta device loaded), decoder layers at most {st['decoder layers']:.0f} MiB (one "
+        f"layer: {layer_mib:.0f} MiB of fp32 weights and its quantized copy, the calibration hidden states "
+        f"({states_mib:.1f} MiB) and every calibration window's activations inside the layer as GPTQ's lockstep "
+        f"walk holds them, attention scores the largest), the final norm + lm_head at {st['head']:.0f} MiB (the "
+        f"tied {vocab}x{h} table, {vocab * h * 4 / 2**20:.0f} MiB fp32, held once; its round-to-nearest copy "
+        f"and fake-quantization temporaries, then GPTQ's error-updated copy and result), scoring at "
+        f"{st['scoring']:.0f} MiB (the quantized head and the logits of 64 tokens at a time).{whole_txt}")
+
+
 def write_markdown(result: dict) -> None:
     cpu, setup_info = cpu_flags(), result["setup"]
     load = ", ".join(f"{v:.1f}" for v in result["loadavg"])
@@ -194,7 +229,8 @@ def write_markdown(result: dict) -> None:
         "the evaluation. Peak RSS: VmHWM of the forked child that quantized and evaluated the row (base process "
         f"{result['fork_base_rss_mib']:.0f} MiB). onnxruntime speed of the exported weight-only model: see the "
         "runtime table (export is another benchmark's work).")
-    write_section(ROOT / "BENCHMARKS.md", SECTION, head + "\n\n" + table(result))
+    write_section(ROOT / "BENCHMARKS.md", SECTION, "\n\n".join(filter(None, [head, breakdown(result),
+                                                                                table(result)])))
 
 
 def main() -> None:

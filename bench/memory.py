@@ -14,6 +14,8 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +32,43 @@ def status_mib(field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / KIB_PER_MIB
     raise RuntimeError(f"/proc/self/status has no {field}; peak memory needs Linux")
+
+
+def rss_mib() -> float:
+    """The current resident set in MiB (/proc/self/statm: cheap enough to sample every few milliseconds)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class StagePeaks:
+    """Peak resident set per stage, sampled in a thread every `period_s`: call it with each stage's name as the
+    stage starts (stream_quantize's `on_stage`), then `close()` for {stage: peak MiB}. Sampled, so a stage's
+    figure can miss a peak shorter than the period; VmHWM stays the figure of record for the whole process."""
+
+    def __init__(self, period_s: float = 0.002) -> None:
+        self.period_s, self.stage, self.peaks = period_s, "start", {"start": rss_mib()}
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while self.running:
+            self._note(rss_mib())
+            time.sleep(self.period_s)
+
+    def _note(self, mib: float) -> None:
+        stage = self.stage
+        self.peaks[stage] = max(self.peaks.get(stage, 0.0), mib)
+
+    def __call__(self, stage: str) -> None:
+        self._note(rss_mib())
+        self.stage = stage
+        self._note(rss_mib())
+
+    def close(self) -> dict[str, float]:
+        self._note(rss_mib())
+        self.running = False
+        self.thread.join()
+        return dict(self.peaks)
 
 
 def _child(fn: Callable[[], dict], out: Path) -> None:

@@ -3,11 +3,11 @@
 
     nice -n 15 .venv/bin/python bench/embedding_size.py [--models minilm smollm2] [--n-eval 200]
 
-MiniLM: lowbit-int8-ort's model (W8A8 static, mse, deployable layout) exported with float and with int8 per-row
-embedding tables: file MB and the mean cosine of onnxruntime's embeddings to fp32 (and of the simulation) on
-the evaluation sentences. SmolLM2: lowbit-w4a16-ort's model, file MB both ways (its tied table is gathered from
-the LM head's int4 codes) and onnxruntime's agreement with the simulation on a few windows. Writes
-results/embedding-size.json; no timings (bench/run.py measures those on a quiet machine).
+MiniLM: lowbit-int8-ort's model (W8A8 static, mse, deployable layout; `--repair`: the variant's repair recipe)
+exported with float and with int8 per-row embedding tables: file MB and the mean cosine of onnxruntime's
+embeddings to fp32 (and of the simulation) on the evaluation sentences. SmolLM2: lowbit-w4a16-ort's model, file MB
+both ways (its tied table is gathered from the LM head's int4 codes) and the logits' cosine to fp32 on a few
+windows. Writes results/embedding-size.json; no timings (bench/run.py measures those on a quiet machine).
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def _outputs(model, batches) -> np.ndarray:
         return np.concatenate([model(*b).numpy() for b in batches])
 
 
-def measure(task, embeddings: bool, batches, work: Path) -> dict:
-    qmodel, seconds, notes = quantize_deployable(task, task.calib, PRESETS[task.name], embeddings=embeddings)
+def measure(task, embeddings: bool, batches, work: Path, repair: bool = False) -> dict:
+    qmodel, seconds, notes = quantize_deployable(task, task.calib, PRESETS[task.name], embeddings=embeddings,
+                                                 repair=repair)
     path = _export(task, qmodel, work, f"{task.name}-{'emb' if embeddings else 'float-emb'}.onnx")
     run = ort_runner(path, task.input_names)(1)
     ort_out = np.concatenate([run(*b) for b in batches])
@@ -73,6 +74,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["minilm", "smollm2"])
     ap.add_argument("--n-eval", type=int, default=200)
     ap.add_argument("--n-eval-llm", type=int, default=4)
+    ap.add_argument("--repair", action="store_true", help="the variants' repaired int8 recipe (default: mse only, "
+                    "as results/embedding-size.json was measured)")
     ap.add_argument("--out", default=str(ROOT / "results" / "embedding-size.json"))
     args = ap.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
@@ -84,7 +87,7 @@ def main() -> None:
         fp32_mb = sum(t.numel() * t.element_size() for t in tensors.values()) / MB
         for embeddings in (False, True):
             row = {"model": name, "preset": PRESETS[name], "fp32_state_dict_mb": fp32_mb,
-                   **measure(task, embeddings, task.eval, work)}
+                   **measure(task, embeddings, task.eval, work, args.repair)}
             print(json.dumps({k: v for k, v in row.items() if k not in ("embeddings", "notes")}), flush=True)
             rows.append(row)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

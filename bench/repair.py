@@ -83,17 +83,24 @@ def run_row(task, model: str, row: str, iters: int, samples: int) -> dict:
             "passes": [p.name for p in config.passes]}
 
 
+def _row_order(row: dict) -> int:
+    """fp32, then the rows in DEFAULT_ROWS order, then any others."""
+    order = ["fp32", *DEFAULT_ROWS]
+    return order.index(row["name"]) if row["name"] in order else len(order)
+
+
 def table(result: dict) -> str:
     primary = result["primary_metric"]
     lines = [f"### {result['model']} ({result['setup']})", "",
              f"| config | method | {primary} | other metrics | passes | iters per unit | quantize + passes s |",
              "|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
+    for r in sorted(result["rows"], key=_row_order):
         bits, _, method = r["name"].partition("/")
         m = r["metrics"]
         iters = r.get("iters", 0) if RECONSTRUCTION & set(r.get("passes", [])) else 0
         other = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k != primary)
-        lines.append(f"| {bits} | {method} | {m[primary]:.4f} | {other} | {' + '.join(r.get('passes', [])) or '-'} "
+        passes = W8A8_PASSES.get(method, r.get("passes", [])) if bits == "W8A8-per-tensor" else r.get("passes", [])
+        lines.append(f"| {bits} | {method} | {m[primary]:.4f} | {other} | {' + '.join(passes) or '-'} "
                      f"| {iters or '-'} | {r.get('build_s', 0):.0f} |")
     return "\n".join(lines)
 
@@ -148,7 +155,11 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=256, help="calibration rows the reconstruction records")
     ap.add_argument("--n-calib", type=int)
     ap.add_argument("--n-eval", type=int)
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite BENCHMARKS.md from the saved results")
     args = ap.parse_args()
+    if args.markdown_only:
+        write_markdown("python bench/repair.py " + " ".join(sys.argv[1:]))
+        return
     torch.set_num_threads(1)
     command = "python bench/repair.py " + " ".join(sys.argv[1:])
     out = ROOT / "results"

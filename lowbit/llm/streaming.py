@@ -232,9 +232,12 @@ def _head(src: CheckpointSource, head, hidden_eval: list, score, result: StreamR
     result.eval_seconds += time.perf_counter() - t0
     _account(result, head, "head", 0.0, writer)
     info = head.layers.get(HEAD)
-    if getattr(src.config, "tie_word_embeddings", False) and (info is None or info.kept_float):
+    tied = getattr(src.config, "tie_word_embeddings", False)
+    if tied and (info is None or info.kept_float):
         lm_head = head.graph_module.get_submodule(HEAD)
         result.float_bytes -= sum(p.numel() * p.element_size() for p in lm_head.parameters())  # stored once
+    elif tied and writer is not None:
+        writer.untie(src)  # the quantized head and the float embedding are two tables now
 
 
 def _score(head, j: int, h: torch.Tensor, *, score: Score, rows: int) -> torch.Tensor:
@@ -258,6 +261,11 @@ class _ShardWriter:
         self.folder, self.weight_map = folder, {}
         folder.mkdir(parents=True, exist_ok=True)
         src.config.save_pretrained(folder)
+
+    def untie(self, src: CheckpointSource) -> None:
+        config = copy.deepcopy(src.config)
+        config.tie_word_embeddings = False
+        config.save_pretrained(self.folder)
 
     def write(self, stage: str, tensors: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file

@@ -43,6 +43,10 @@ def test_streaming_gptq_equals_whole_model_gptq(tiny_model, tiny_folder, tmp_pat
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "q", attn_implementation="eager").eval()
     down = reloaded.model.layers[1].mlp.down_proj.weight
     assert torch.equal(down, wq.w_hat)
+    head = whole.graph_module.get_submodule(whole.layers["lm.lm_head"].weight_quantizer)
+    assert not reloaded.config.tie_word_embeddings  # the quantized head is stored beside the float embedding
+    assert torch.equal(reloaded.lm_head.weight, head.w_hat)
+    assert torch.equal(reloaded.model.embed_tokens.weight, tiny_model.lm.model.embed_tokens.weight)
 
 
 def test_perplexity_score_adds_up_over_chunks_of_positions():

@@ -167,7 +167,6 @@ def stream_quantize(
         result.eval_seconds += time.perf_counter() - t1
         _account(result, qmodel, path, time.perf_counter() - t0, writer)
         del qmodel
-    gc.collect()  # the finished layers' graphs (fx graphs hold reference cycles) before the largest stage
     _release_freed_memory()
     stage(HEAD)
     head = quantize(HeadStep({NORM: src.module(NORM), HEAD: src.module(HEAD)}), [(h,) for h in hidden], config,
@@ -185,9 +184,11 @@ def stream_quantize(
 
 
 def _release_freed_memory() -> None:
-    """Hand memory freed by the last stage back to the OS (glibc's malloc_trim; nothing elsewhere). glibc keeps
-    freed heap pages for re-use, and a stage's scattered temporaries (torch.export's, the lockstep walk's)
-    would otherwise keep the resident set growing from layer to layer."""
+    """Free the last stage's objects and hand the memory back to the OS, so that the resident set does not grow
+    from layer to layer: a finished stage's graphs hold reference cycles (fx, torch.export), which only the
+    cyclic collector frees, and glibc keeps freed heap pages (the stage's scattered temporaries) unless
+    trimmed (malloc_trim; nothing elsewhere)."""
+    gc.collect()
     trim = getattr(_libc(), "malloc_trim", None)
     if trim is not None:
         trim(0)

@@ -165,7 +165,8 @@ def run_row(name: str, folder: str, work: Path) -> dict:
         return (_whole if whole else _streamed)(folder, calib, ev, make())
 
     row = run_forked(child, work / "child.json", TIMEOUT_S)
-    return {"name": name, "description": desc, "path": "whole model" if whole else "streamed", **row}
+    return {"name": name, "description": desc, "path": "whole model" if whole else "streamed", **row,
+            "cpu": cpu_flags()["model"], "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M}"}
 
 
 def table(result: dict) -> str:
@@ -179,7 +180,18 @@ def table(result: dict) -> str:
         lines.append(f"| {desc} | {r['path']} | {r['perplexity']:.3f} | {r['bits_per_weight']:.3f} | "
                      f"{r['size_bytes'] / 1e6:.1f} | {r['quant_s']:.0f} | {r['peak_rss_mib']:.0f} | "
                      "see runtime table |")
-    return "\n".join(lines)
+    return "\n".join(lines + _provenance(result["rows"]))
+
+
+def _provenance(rows: list[dict]) -> list[str]:
+    """A note under the table for rows measured on another CPU than the latest row, or before rows recorded it."""
+    latest = rows and max(rows, key=lambda r: r.get("date", "")).get("cpu")
+    unknown = [r["name"] for r in rows if "cpu" not in r]
+    other = [f"{r['name']} ({r['cpu']})" for r in rows if r.get("cpu", latest) != latest]
+    parts = ([f"from an earlier run that did not record its CPU (older code): {', '.join(unknown)}"] * bool(unknown)
+             + [f"on another CPU: {', '.join(other)}"] * bool(other))
+    return ["", f"Rows not comparable in peak RSS and time with those measured on {latest}: "
+            f"{'; '.join(parts)}."] if parts and latest else []
 
 
 def breakdown(result: dict) -> str:

@@ -31,6 +31,7 @@ from lowbit.config import Mode
 from lowbit.core.granularity import PerChannel
 from lowbit.core.primitives import fake_quantize
 from lowbit.core.qparams import MIN_SCALE, QParams
+from lowbit.core.qtype import IntQType
 from lowbit.graph.placement import PASS_THROUGH
 from lowbit.graph.quantized_model import QuantizedModel
 from lowbit.ptq import CALIBRATIONS
@@ -252,6 +253,39 @@ def _scaled(qp: QParams, alpha: torch.Tensor | float) -> QParams:
     return replace(qp, scale=(qp.scale * alpha).clamp_min(MIN_SCALE))
 
 
+CLAMPS = {torch.ops.aten.hardtanh.default: (-1.0, 1.0), torch.ops.aten.relu6.default: (0.0, 6.0),
+          torch.ops.aten.clamp.default: (None, None)}  # op -> default (min, max)
+
+
+def _clamp_bounds(gm: fx.GraphModule, qname: str) -> tuple[float | None, float | None] | None:
+    """(min, max) of the clamp (ReLU6, hardtanh, clamp) a quantizer reads, None when it reads something else."""
+    node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == qname)
+    src = node.args[0]
+    if not (isinstance(src, fx.Node) and src.op == "call_function" and src.target in CLAMPS):
+        return None
+    lo, hi = CLAMPS[src.target]
+    if src.target is not torch.ops.aten.relu6.default:
+        lo = src.args[1] if len(src.args) > 1 else src.kwargs.get("min", lo)
+        hi = src.args[2] if len(src.args) > 2 else src.kwargs.get("max", hi)
+    if not all(b is None or isinstance(b, (int, float)) for b in (lo, hi)):
+        return None
+    return lo, hi
+
+
+def _alphas_within(qp: QParams, bounds: tuple[float | None, float | None] | None) -> list[float]:
+    """The alphas whose scaled range stays inside the clamp the quantizer reads. A range past the clamp wastes
+    codes on values that cannot occur, and it stops onnxruntime from folding the clamp into the quantize (a ReLU6
+    conv would then run as a float kernel)."""
+    alphas = ALPHAS.tolist()
+    if bounds is None or not isinstance(qp.qtype, IntQType) or qp.scale.numel() != 1:
+        return alphas
+    zp, s = float(qp.zero_point.reshape(-1)[0]), float(qp.scale.reshape(-1)[0])
+    lo, hi = (qp.qtype.qmin - zp) * s, (qp.qtype.qmax - zp) * s  # the range at alpha 1
+    ok = [a for a in alphas if (bounds[1] is None or a * hi <= bounds[1] * (1 + 1e-6))
+          and (bounds[0] is None or a * lo >= bounds[0] * (1 + 1e-6))]
+    return ok or [1.0]
+
+
 def _searchable(qp: QParams | None) -> bool:
     return qp is not None and qp.scale_storage is None  # two-level (VS-Quant, MX) scales keep their encoding
 
@@ -265,6 +299,7 @@ def _optimise_group(
         acts = {q for layer in layers for q in layer.act.values()}
         act0 = {q: gm.get_submodule(q).qparams for q in acts}
         act = dict(act0)
+        bounds = {q: _clamp_bounds(gm, q) for q in acts}
         wq = {
             L.name: gm.get_submodule(qmodel.layers[L.name].weight_quantizer)
             for L in layers
@@ -278,11 +313,12 @@ def _optimise_group(
             for q in sorted(acts):
                 if _searchable(act0[q]):
                     readers = [L for L in layers if q in L.act.values()]
+                    alphas = _alphas_within(act0[q], bounds[q])
                     score = [
                         sum(L.cosine({**act, q: _scaled(act0[q], a)}, w_hat.get(L.name)) for L in readers)
-                        for a in ALPHAS.tolist()
+                        for a in alphas
                     ]
-                    act[q] = _scaled(act0[q], ALPHAS[int(torch.tensor(score).argmax())].item())
+                    act[q] = _scaled(act0[q], alphas[int(torch.tensor(score).argmax())])
             for L in layers:
                 if L.name in wq and _searchable(w0[L.name]):
                     w[L.name], w_hat[L.name] = _search_weight(L, act, w0[L.name], w[L.name], w_hat[L.name])

@@ -131,3 +131,32 @@ def test_refuses_modes_without_a_static_activation_scale(heavy, name, word):
     qm = api.quantize(model, batches, name, progress=False)
     with pytest.raises(ValueError, match=word):
         easyquant(qm, batches)
+
+
+class Relu6Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.c2(nn.functional.relu6(self.c1(x) * 4))
+
+
+def test_activation_range_never_grows_past_the_clamp_it_reads():
+    """A ReLU6 output quantized beyond [0, 6] wastes codes and keeps onnxruntime from folding the clamp into the
+    quantize (the conv then runs in float): the search only tries alphas that stay inside the clamp."""
+    from lowbit.core.qparams import QParams
+    from lowbit.ptq.easyquant import _alphas_within, _clamp_bounds
+
+    torch.manual_seed(0)
+    calib = [(torch.randn(4, 3, 8, 8),) for _ in range(2)]
+    qm = api.quantize(Relu6Net().eval(), calib, preset("w8a8", fully_quantized=True, calibration="easyquant"))
+    clamped = {n: _clamp_bounds(qm.graph_module, n) for n in qm.act_quantizers()}
+    assert (0.0, 6.0) in clamped.values()
+    for name, bounds in clamped.items():
+        if bounds is not None:
+            qp = qm.act_quantizers()[name].qparams
+            assert float((qp.qtype.qmax - qp.zero_point.float()) * qp.scale) <= 6.0 * (1 + 1e-6)
+    full = QParams.from_range(torch.tensor(0.0), torch.tensor(6.0), preset("w8a8").activation.qtype, symmetric=False)
+    assert max(_alphas_within(full, (0.0, 6.0))) == 1.0
+    assert _alphas_within(full, None) == ALPHAS.tolist()

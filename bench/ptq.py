@@ -121,8 +121,10 @@ def table(result: dict) -> str:
 
 def write_markdown(results: list[dict], command: str) -> None:
     cpu = cpu_flags()
-    head = (f"Command: `{command}`  \nDate: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; CPU: "
-            f"{cpu['model']}, flags {', '.join(cpu['flags'])}; torch {torch.__version__}.  \n"
+    head = (f"Latest command: `{command}`  \nDate: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; CPU of "
+            f"that run: {cpu['model']}, flags {', '.join(cpu['flags'])}; torch {torch.__version__}. Each table lists "
+            "the commands that made its rows; rows from 2026-11 ran on an AMD EPYC (avx2, fma). The metrics are "
+            "a float simulation and do not depend on the CPU; the seconds do.  \n"
             "Torch simulation of the quantized model (fake quantization): metrics and sizes, not speed. "
             "Weight MB: deployable weight bytes (quantized weights at their bits with scales and zero points, "
             "other parameters at their dtype). Calib s: capture + BN folding + calibration (+ search). "

@@ -37,20 +37,15 @@ def _(b, scales, zero_points, ids, bits, block):
 
 def onnx_translation():
     """{op: onnxscript function} for torch.onnx.export(custom_translation_table=...)."""
-    import onnx
-    from onnxscript.values import Op, Opset
+    from lowbit.export.contrib import contrib_op
 
-    param, attr = onnx.defs.OpSchema.FormalParameter, onnx.defs.OpSchema.Attribute
-    int_attr = onnx.defs.OpSchema.AttrType.INT
-    schema = onnx.defs.OpSchema(  # the contrib op's signature (onnx itself has no schema for com.microsoft ops)
-        "GatherBlockQuantized", "com.microsoft", 1,
-        inputs=[param("data", "T1"), param("indices", "Tind"), param("scales", "T2"), param("zero_points", "T1")],
-        outputs=[param("output", "T2")],
-        type_constraints=[("T1", ["tensor(uint8)"], ""), ("T2", ["tensor(float)"], ""),
-                          ("Tind", ["tensor(int32)", "tensor(int64)"], "")],
-        attributes=[attr(name, int_attr, "") for name in ("bits", "block_size", "gather_axis", "quantize_axis")],
+    gather = contrib_op(
+        "GatherBlockQuantized",
+        inputs=[("data", "T1"), ("indices", "Tind"), ("scales", "T2"), ("zero_points", "T1")],
+        outputs=[("output", "T2")],
+        types={"T1": ["tensor(uint8)"], "T2": ["tensor(float)"], "Tind": ["tensor(int32)", "tensor(int64)"]},
+        int_attributes=("bits", "block_size", "gather_axis", "quantize_axis"),
     )
-    gather = Op(Opset("com.microsoft", 1), "GatherBlockQuantized", schema)
 
     def translate(b, scales, zero_points, ids, bits: int, block: int):
         return gather(b, ids, scales, zero_points, bits=bits, block_size=block, gather_axis=0, quantize_axis=2)

@@ -60,19 +60,15 @@ def _(x, b, scales, zero_points, k, n, bits, block):
 
 def onnx_translation():
     """{op: onnxscript function} for torch.onnx.export(custom_translation_table=...)."""
-    import onnx
-    from onnxscript.values import Op, Opset
+    from lowbit.export.contrib import contrib_op
 
-    param, attr = onnx.defs.OpSchema.FormalParameter, onnx.defs.OpSchema.Attribute
-    int_attr = onnx.defs.OpSchema.AttrType.INT
-    schema = onnx.defs.OpSchema(  # the contrib op's signature (onnx itself has no schema for com.microsoft ops)
-        "MatMulNBits", "com.microsoft", 1,
-        inputs=[param("A", "T1"), param("B", "T2"), param("scales", "T1"), param("zero_points", "T2")],
-        outputs=[param("Y", "T1")],
-        type_constraints=[("T1", ["tensor(float)"], ""), ("T2", ["tensor(uint8)"], "")],
-        attributes=[attr(name, int_attr, "") for name in ("K", "N", "bits", "block_size")],
+    matmul = contrib_op(
+        "MatMulNBits",
+        inputs=[("A", "T1"), ("B", "T2"), ("scales", "T1"), ("zero_points", "T2")],
+        outputs=[("Y", "T1")],
+        types={"T1": ["tensor(float)"], "T2": ["tensor(uint8)"]},
+        int_attributes=("K", "N", "bits", "block_size"),
     )
-    matmul = Op(Opset("com.microsoft", 1), "MatMulNBits", schema)
 
     def translate(x, b, scales, zero_points, k: int, n: int, bits: int, block: int):
         return matmul(x, b, scales, zero_points, K=k, N=n, bits=bits, block_size=block)

@@ -35,6 +35,7 @@ from lowbit.core.qtype import IntQType
 from lowbit.graph.placement import PASS_THROUGH
 from lowbit.graph.quantized_model import QuantizedModel
 from lowbit.ptq import CALIBRATIONS
+from lowbit.ptq.analytic_input import clip_bounds
 
 log = logging.getLogger(__name__)
 
@@ -253,26 +254,16 @@ def _scaled(qp: QParams, alpha: torch.Tensor | float) -> QParams:
     return replace(qp, scale=(qp.scale * alpha).clamp_min(MIN_SCALE))
 
 
-CLAMPS = {torch.ops.aten.hardtanh.default: (-1.0, 1.0), torch.ops.aten.relu6.default: (0.0, 6.0),
-          torch.ops.aten.clamp.default: (None, None)}  # op -> default (min, max)
-
-
-def _clamp_bounds(gm: fx.GraphModule, qname: str) -> tuple[float | None, float | None] | None:
-    """(min, max) of the clamp (ReLU6, hardtanh, clamp) a quantizer reads, None when it reads something else."""
+def _clamp_bounds(gm: fx.GraphModule, qname: str) -> tuple[float, float] | None:
+    """(min, max) of the clipping activation (ReLU, ReLU6, hardtanh, clamp) a quantizer reads, None when it reads
+    something else; per-channel bounds give their widest."""
     node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == qname)
     src = node.args[0]
-    if not (isinstance(src, fx.Node) and src.op == "call_function" and src.target in CLAMPS):
-        return None
-    lo, hi = CLAMPS[src.target]
-    if src.target is not torch.ops.aten.relu6.default:
-        lo = src.args[1] if len(src.args) > 1 else src.kwargs.get("min", lo)
-        hi = src.args[2] if len(src.args) > 2 else src.kwargs.get("max", hi)
-    if not all(b is None or isinstance(b, (int, float)) for b in (lo, hi)):
-        return None
-    return lo, hi
+    found = clip_bounds(gm, src) if isinstance(src, fx.Node) else None
+    return None if found is None else (float(found[0].min()), float(found[1].max()))
 
 
-def _alphas_within(qp: QParams, bounds: tuple[float | None, float | None] | None) -> list[float]:
+def _alphas_within(qp: QParams, bounds: tuple[float, float] | None) -> list[float]:
     """The alphas whose scaled range stays inside the clamp the quantizer reads. A range past the clamp wastes
     codes on values that cannot occur, and it stops onnxruntime from folding the clamp into the quantize (a ReLU6
     conv would then run as a float kernel)."""
@@ -281,8 +272,7 @@ def _alphas_within(qp: QParams, bounds: tuple[float | None, float | None] | None
         return alphas
     zp, s = float(qp.zero_point.reshape(-1)[0]), float(qp.scale.reshape(-1)[0])
     lo, hi = (qp.qtype.qmin - zp) * s, (qp.qtype.qmax - zp) * s  # the range at alpha 1
-    ok = [a for a in alphas if (bounds[1] is None or a * hi <= bounds[1] * (1 + 1e-6))
-          and (bounds[0] is None or a * lo >= bounds[0] * (1 + 1e-6))]
+    ok = [a for a in alphas if a * hi <= bounds[1] * (1 + 1e-6) and a * lo >= bounds[0] * (1 + 1e-6)]
     return ok or [1.0]
 
 

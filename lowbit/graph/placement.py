@@ -37,6 +37,7 @@ OUTPUT_OPS = {
     aten.silu.default: "activation", aten.sigmoid.default: "activation", aten.tanh.default: "activation",
     aten.hardswish.default: "activation", aten.layer_norm.default: "layer_norm",
 }
+CLAMPS = {aten.relu.default, aten.hardtanh.default}
 # Ops that move values without changing them: a quantized value stays on its grid through them.
 PASS_THROUGH = {
     aten.view.default, aten.reshape.default, aten.transpose.int, aten.permute.default, aten.pad.default,
@@ -213,6 +214,8 @@ def _quantize_outputs(gm, spec: QuantSpec, quantized_edges) -> dict[str, str]:
             continue
         if kind == "add" and not all(isinstance(a, fx.Node) for a in node.args[:2]):
             continue
+        if kind != "activation" and node.users and all(_clips(u) for u in node.users):
+            continue  # add -> ReLU: quantized once, after the ReLU (one QLinearAdd, no requantization)
         fqn, _ = module_name(node)
         if kind == "concat":
             qname = _add_module(gm, f"{fqn}.cat", ActQuantizer(spec, consumers=(node.name,)))
@@ -265,6 +268,13 @@ def _quantizes(user: fx.Node, gm) -> bool:
         return isinstance(gm.get_submodule(user.target), ActQuantizer)
     return user.op == "call_function" and OUTPUT_OPS.get(user.target) == "activation" and any(
         _quantizes(u, gm) for u in user.users)
+
+
+def _clips(user: fx.Node) -> bool:
+    """A ReLU/ReLU6-style clamp whose own output quantizer covers its input: onnxruntime folds Relu/Clip into the
+    QuantizeLinear after it, so DQ -> Add -> Relu -> Q runs as one QLinearAdd; a quantizer between the op and the
+    clamp would leave a DequantizeLinear -> QuantizeLinear requantization instead."""
+    return user.op == "call_function" and user.target in CLAMPS
 
 
 def _is_float_tensor(node: fx.Node) -> bool:

@@ -141,3 +141,36 @@ def test_deployable_keeps_8bit_weights_on_depthwise_convs_where_u8s8_saturates()
     qm = lowbit.quantize(model.eval(), [torch.randn(2, 4, 8, 8)], cfg)
     bits = {name: qm.graph_module.get_submodule(i.weight_quantizer).qparams.qtype.name for name, i in qm.layers.items()}
     assert bits == {"0": "int8", "2": "int7"}
+
+
+class ResidualRelu(torch.nn.Module):
+    """ResNet's ending: conv, add the shortcut, then ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv_b = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.head = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv_a(x))
+        return self.head(torch.relu(self.conv_b(y) + y))
+
+
+def test_add_then_relu_is_quantized_once_and_runs_as_one_qlinearadd(tmp_path):
+    """A quantizer between the add and its ReLU would leave onnxruntime a DequantizeLinear -> QuantizeLinear
+    requantization after QLinearAdd; lowbit quantizes once, after the ReLU, as onnxruntime's quantizer does."""
+    torch.manual_seed(0)
+    config, _ = deployable(lowbit.preset("w8a8"), saturating=True)
+    qm = lowbit.quantize(ResidualRelu().eval(), images(2, batch=8), config)
+    outputs = " ".join(qm.output_quantizers.values())
+    assert "relu" in outputs and "add" not in outputs
+    x = images(1, batch=4, seed=5)[0][0]
+    path = to_onnx(qm, (x[:2],), tmp_path / "res.onnx")
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "res.opt.onnx")
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    assert "QLinearAdd" in ops and ops.count("QuantizeLinear") == 1, ops  # the input's only
+    assert _within_one_step(got, qm(x).detach().numpy()) >= 0.999

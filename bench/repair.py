@@ -62,7 +62,7 @@ def low_bit_config(model: str, w_bits: int, a_bits: int) -> QuantConfig:
                    rules=rules)
 
 
-def row_config(model: str, row: str, iters: int, samples: int) -> QuantConfig:
+def row_config(model: str, row: str, iters: int, samples: int, batch: int = 32) -> QuantConfig:
     bits, method = row.split("/")
     if bits == "W8A8-per-tensor":
         base = preset("w8a8")
@@ -71,15 +71,15 @@ def row_config(model: str, row: str, iters: int, samples: int) -> QuantConfig:
     config = low_bit_config(model, *BITS[bits])
     if method == "rtn":
         return config
-    return replace(config, passes=(PassSpec(method, (("iters", iters), ("samples", samples))),))
+    return replace(config, passes=(PassSpec(method, (("iters", iters), ("samples", samples), ("batch", batch))),))
 
 
-def run_row(task, model: str, row: str, iters: int, samples: int) -> dict:
-    config = row_config(model, row, iters, samples)
+def run_row(task, model: str, row: str, iters: int, samples: int, batch: int = 32) -> dict:
+    config = row_config(model, row, iters, samples, batch)
     start = time.perf_counter()
     qm = lowbit.quantize(task.model, task.calib, config, progress=False)
     build_s = time.perf_counter() - start
-    return {"name": row, "metrics": task.evaluate(qm), "build_s": build_s, "iters": iters,
+    return {"name": row, "metrics": task.evaluate(qm), "build_s": build_s, "iters": iters, "batch": batch,
             "passes": [p.name for p in config.passes]}
 
 
@@ -92,16 +92,18 @@ def _row_order(row: dict) -> int:
 def table(result: dict) -> str:
     primary = result["primary_metric"]
     lines = [f"### {result['model']} ({result['setup']})", "",
-             f"| config | method | {primary} | other metrics | passes | iters per unit | quantize + passes s |",
-             "|---|---|---|---|---|---|---|"]
+             f"| config | method | {primary} | other metrics | passes | iters per layer | batch | quantize + passes s |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in sorted(result["rows"], key=_row_order):
         bits, _, method = r["name"].partition("/")
         m = r["metrics"]
-        iters = r.get("iters", 0) if RECONSTRUCTION & set(r.get("passes", [])) else 0
+        learned = RECONSTRUCTION & set(r.get("passes", []))
+        iters = r.get("iters", 0) if learned else 0
+        batch = r.get("batch", 32) if learned else "-"
         other = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k != primary)
         passes = W8A8_PASSES.get(method, r.get("passes", [])) if bits == "W8A8-per-tensor" else r.get("passes", [])
         lines.append(f"| {bits} | {method} | {m[primary]:.4f} | {other} | {' + '.join(passes) or '-'} "
-                     f"| {iters or '-'} | {r.get('build_s', 0):.0f} |")
+                     f"| {iters or '-'} | {batch} | {r.get('build_s', 0):.0f} |")
     return "\n".join(lines)
 
 
@@ -120,7 +122,9 @@ def write_markdown(command: str) -> None:
             "W8A8-per-tensor: int8 weights with one scale per tensor, uint8 activations. W4A8, W4A4, W2A4: "
             "per-channel weights, first and last layers kept W8A8 (the BRECQ/QDrop convention). AdaRound runs "
             "per layer, BRECQ and QDrop per block (residual / inverted-residual block), QDrop with p = 0.5; "
-            "'iters per unit' is far below the papers' 20,000 (CPU budget).")
+            "a block of k layers runs k x 'iters per layer' steps, so every method gives each layer the same number "
+            "of steps; far below the papers' 20,000 per unit (CPU budget). Rows measured before per-layer counting "
+            "(runs older than 2026-12-01 22:00 UTC) gave a block the same count as one layer.")
     body = []
     for r in saved:
         commands = dict.fromkeys(x.get("command", r.get("command", "")) for x in r["rows"] if x["name"] != "fp32")
@@ -153,6 +157,7 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=DEFAULT_ROWS)
     ap.add_argument("--iters", type=int, default=300, help="reconstruction iterations per layer or block")
     ap.add_argument("--samples", type=int, default=256, help="calibration rows the reconstruction records")
+    ap.add_argument("--batch", type=int, default=32, help="rows per reconstruction step")
     ap.add_argument("--n-calib", type=int)
     ap.add_argument("--n-eval", type=int)
     ap.add_argument("--markdown-only", action="store_true", help="rewrite BENCHMARKS.md from the saved results")
@@ -174,7 +179,7 @@ def main() -> None:
         res.update(model=model, primary_metric=task.primary_metric, command=command,
                    setup=f"{n_cal} calibration and {n_ev} evaluation samples")
         for row in args.rows:
-            r = run_row(task, model, row, args.iters, args.samples)
+            r = run_row(task, model, row, args.iters, args.samples, args.batch)
             r["command"] = command
             print(model, row, r["metrics"], f"{r['build_s']:.0f}s", flush=True)
             res = merge_row(path, res, r)

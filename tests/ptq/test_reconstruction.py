@@ -14,7 +14,7 @@ from lowbit.core.qtype import get_qtype
 from lowbit.ptq import PASSES
 from lowbit.ptq.blocks import block_prefixes, partition, subgraph
 from lowbit.ptq.learned_act import LearnedActQuantizer
-from lowbit.ptq.reconstruction import brecq, qdrop
+from lowbit.ptq.reconstruction import BRECQ, brecq, qdrop, unit_steps
 from lowbit.ptq.recording import record
 from lowbit.ptq.runner import runners
 from lowbit.zoo.fashion import pretrained
@@ -72,10 +72,23 @@ def test_brecq_and_qdrop_lower_block_errors_and_learn_step_sizes(fashion):
     for fn in (brecq, qdrop):
         qm = api.quantize(model, batches, _config(3, 4), progress=False)
         scales = {n: q.qparams.scale.clone() for n, q in qm.act_quantizers().items()}
-        result = fn(qm, batches, iters=40, batch=8, progress=False)
+        result = fn(qm, batches, iters=20, batch=8, progress=False)
         assert [r.name for r in result] == ["stem", "layer1", "layer2", "layer3", "fc"]
         assert sum(r.error_learned for r in result) < 0.9 * sum(r.error_nearest for r in result)
         assert any(not torch.equal(scales[n], q.qparams.scale) for n, q in qm.act_quantizers().items())
+
+
+def test_blocks_get_iters_steps_per_layer(fashion, monkeypatch):
+    """A block of k layers runs k * iters steps, so BRECQ's layers get as many steps as AdaRound's."""
+    model, batches = fashion
+    qm = api.quantize(model, batches, _config(4, 8), progress=False)
+    blocks = partition(qm, "block")
+    assert [unit_steps(b, replace(BRECQ, iters=10)) for b in blocks] == [10, 20, 30, 30, 10]
+    steps = []
+    step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
+    brecq(qm, batches, iters=3, batch=4, samples=8, progress=False)
+    assert len(steps) == 3 * sum(len(b.layers) for b in blocks) == 30
 
 
 def test_qdrop_quantizer_drops_at_its_rate_in_training_only():

@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""Parity of the exported model with lowbit's torch simulation, and where the two part.
+
+    nice -n 15 .venv/bin/python bench/parity.py [--models fashion-cnn efficientnet-lite0 minilm] [--repair]
+
+For each model, the deployable int8 model of lowbit-int8-ort (W8A8 static, mse ranges, the layout of this CPU;
+`--repair`: the variant's repair recipe too) is exported and its output compared with the simulation's on the
+first evaluation rows: the share of output elements within one step of an 8-bit grid spanning the simulation's
+output (issue 5's parity measure, `lowbit.export.deploy.parity`), for
+- the QDQ graph in torch (`lowbit.export.qdq.to_qdq`, what torch.onnx exports: decomposed quantize/dequantize),
+- onnxruntime with graph optimizations off (DequantizeLinear -> float op -> QuantizeLinear, emulated in fp32),
+- onnxruntime as deployed (integer kernels),
+- and, for scale, onnxruntime as deployed against onnxruntime with optimizations off (one runtime, two orders of
+  rounding).
+Then the trace: at every activation quantizer, in graph order, the share of elements whose integer code differs
+between the simulation and the QDQ graph in torch. Writes results/parity.json and BENCHMARKS.md's parity section.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch import fx  # noqa: E402
+
+import lowbit.zoo  # noqa: E402
+from bench.common import cpu_flags  # noqa: E402
+from bench.markdown import write_section  # noqa: E402
+from bench.onnx_io import ort_runner  # noqa: E402
+from bench.variants.lowbit_export import PARITY_ROWS, _export, quantize_deployable  # noqa: E402
+from lowbit.export.deploy import parity  # noqa: E402
+from lowbit.export.qdq import to_qdq  # noqa: E402
+from lowbit.graph.quantizers import ActQuantizer  # noqa: E402
+
+SECTION = "## Parity of onnxruntime with the simulation"
+MODELS = ("fashion-cnn", "efficientnet-lite0", "minilm")
+
+
+class _Values(fx.Interpreter):
+    """Runs a graph module and keeps the values of the nodes `keep(module, node)` selects, in graph order."""
+
+    def __init__(self, module: fx.GraphModule, keep) -> None:
+        super().__init__(module)
+        self.keep, self.values = keep, []
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if self.keep(self.module, n):
+            self.values.append(out)
+        return out
+
+
+def code_trace(qmodel, batch) -> list[dict]:
+    """Per enabled activation quantizer (graph order): share of elements whose code differs by at least one step
+    between the simulation and its QDQ graph, and the largest difference in steps."""
+    gm = qmodel.graph_module
+    quantizers = [n for n in gm.graph.nodes if n.op == "call_module"
+                  and isinstance(gm.get_submodule(n.target), ActQuantizer) and gm.get_submodule(n.target).enabled
+                  and not gm.get_submodule(n.target).kept_float]
+    sim = _Values(gm, lambda m, n: n in quantizers)
+    qdq = _Values(to_qdq(qmodel).eval(),
+                  lambda m, n: n.op == "call_function"
+                  and n.target == torch.ops.quantized_decomposed.dequantize_per_tensor.default)
+    with torch.inference_mode():
+        sim.run(*batch)
+        qdq.run(*batch)
+    if len(sim.values) != len(qdq.values):
+        raise RuntimeError(f"{len(sim.values)} quantizers in the simulation, {len(qdq.values)} in the QDQ graph")
+    trace = []
+    for node, a, b in zip(quantizers, sim.values, qdq.values, strict=True):
+        steps = (a - b).abs() / gm.get_submodule(node.target).qparams.scale.reshape(-1)[0]
+        trace.append({"quantizer": str(node.target), "differ": float((steps > 0.5).float().mean()),
+                      "max_steps": float(steps.max())})
+    return trace
+
+
+def measure(task, work: Path, repair: bool) -> dict:
+    qmodel, seconds, notes = quantize_deployable(task, task.calib, "w8a8", repair=repair)
+    path = _export(task, qmodel, work, f"{task.name}.onnx")
+    batch = tuple(t[:PARITY_ROWS] for t in task.eval[0])
+    deployed, emulated = ort_runner(path, task.input_names)(1), ort_runner(path, task.input_names, False)(1)
+    qdq = to_qdq(qmodel).eval()
+
+    class Emulated:  # parity() compares a runtime against `model(*batch)`
+        def __call__(self, *b):
+            return torch.as_tensor(emulated(*b))
+
+    return {
+        "model": task.name, "rows": PARITY_ROWS, "notes": notes, "quantize_s": seconds,
+        "parity": {
+            "qdq_graph_torch": parity(qmodel, qdq, batch),
+            "onnxruntime_no_optimizations": parity(qmodel, emulated, batch),
+            "onnxruntime_deployed": parity(qmodel, deployed, batch),
+            "onnxruntime_deployed_vs_no_optimizations": parity(Emulated(), deployed, batch),
+        },
+        "trace": code_trace(qmodel, batch),
+    }
+
+
+def _first(trace: list[dict], at_least: float) -> str:
+    i = next((i for i, t in enumerate(trace) if t["differ"] >= at_least), None)
+    return "never" if i is None else f"#{i + 1} ({trace[i]['quantizer'].removeprefix('lowbit_')})"
+
+
+def write_markdown(result: dict) -> None:
+    lines = [f"Command: `{result['command']}`  ",
+             f"Date: {result['date_utc']} UTC; CPU: {result['cpu']}; onnxruntime {result['onnxruntime']}  ",
+             "Share of output elements within one step of an 8-bit grid spanning the simulation's output (issue 5 "
+             "asks for 99.9%), on the first evaluation rows. Trace: share of elements whose integer code differs "
+             "between the simulation and its own QDQ graph in torch, at activation quantizers in graph order.", "",
+             "| model | quantizers | QDQ graph in torch | onnxruntime, no optimizations | onnxruntime deployed | "
+             "deployed vs no optimizations | first quantizer with a differing code | first with >= 1% | "
+             "codes differing at the last quantizer |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        p, t = r["parity"], r["trace"]
+        lines.append(f"| {r['model']} | {len(t)} | {p['qdq_graph_torch']:.4f} | {p['onnxruntime_no_optimizations']:.4f} "
+                     f"| {p['onnxruntime_deployed']:.4f} | {p['onnxruntime_deployed_vs_no_optimizations']:.4f} "
+                     f"| {_first(t, 1e-9)} | {_first(t, 0.01)} | {t[-1]['differ']:.2%} |" if t else "")
+    lines += ["", "Reading: where the QDQ graph in torch already parts from the simulation, the runtime is not "
+              "the cause. Both compute the same ops on the same integer codes; they differ in float rounding "
+              "order (the simulation rounds `x / s + z`, the decomposed quantize rounds `x * (1 / s)` then adds "
+              "`z`; convolutions accumulate in a different order), which flips a code that lies within an ulp of "
+              "a rounding boundary. Each flip moves the next layer's sums, so the share of differing codes grows "
+              "layer by layer in deep networks; the int8 kernels' integer accumulation and float requantization "
+              "add more flips of the same kind."]
+    write_section(ROOT / "BENCHMARKS.md", SECTION, "\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    ap.add_argument("--repair", action="store_true", help="the variants' repair recipe (default: mse ranges only)")
+    ap.add_argument("--n-calib", type=int)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    import onnxruntime as ort
+
+    work = Path(tempfile.mkdtemp(prefix="lowbit-parity-"))
+    rows = []
+    for name in args.models:
+        row = measure(lowbit.zoo.load(name, n_calib=args.n_calib), work, args.repair)
+        print(json.dumps({k: row[k] for k in ("model", "parity")}), flush=True)
+        rows.append(row)
+    cpu = cpu_flags()
+    result = {"command": "python bench/parity.py " + " ".join(sys.argv[1:]),
+              "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
+              "cpu": f"{cpu['model']} ({', '.join(cpu['flags'])})", "onnxruntime": ort.__version__, "rows": rows}
+    (ROOT / "results").mkdir(exist_ok=True)
+    (ROOT / "results" / "parity.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_markdown(result)
+
+
+if __name__ == "__main__":
+    main()

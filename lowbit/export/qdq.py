@@ -127,7 +127,7 @@ def _replace_act(gm: fx.GraphModule, node: fx.Node, q: ActQuantizer) -> None:
     with gm.graph.inserting_before(node):
         qn = gm.graph.call_function(qd.quantize_per_tensor.default, (x, *args))
         dq = gm.graph.call_function(qd.dequantize_per_tensor.default, (qn, *args))
-    dq.meta = dict(node.meta)
+    dq.meta = {**node.meta, "lowbit_quantizer": str(node.target)}  # which quantizer it replaced (bench/parity.py)
     node.replace_all_uses_with(dq)
     gm.graph.erase_node(node)
 
@@ -163,7 +163,7 @@ def _replace_weight(gm: fx.GraphModule, node: fx.Node, wq: WeightQuantizer) -> N
     c = _const(gm, node, base + "_wcodes", codes)
     with gm.graph.inserting_before(node):
         dq = _dequantize_weight(gm, node, c, qp, qtype, w.shape, base)
-    dq.meta = dict(node.meta)
+    dq.meta = {**node.meta, "lowbit_quantizer": str(node.target)}  # which quantizer it replaced (bench/parity.py)
     node.replace_all_uses_with(dq)
     gm.graph.erase_node(node)
 

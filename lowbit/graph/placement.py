@@ -214,7 +214,7 @@ def _quantize_outputs(gm, spec: QuantSpec, quantized_edges) -> dict[str, str]:
             continue
         if kind == "add" and not all(isinstance(a, fx.Node) for a in node.args[:2]):
             continue
-        if kind != "activation" and node.users and all(_clips(u) for u in node.users):
+        if kind not in ("activation", "concat") and node.users and all(_clips(u) for u in node.users):
             continue  # add -> ReLU: quantized once, after the ReLU (one QLinearAdd, no requantization)
         fqn, _ = module_name(node)
         if kind == "concat":

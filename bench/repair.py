@@ -123,8 +123,7 @@ def write_markdown(command: str) -> None:
             "per-channel weights, first and last layers kept W8A8 (the BRECQ/QDrop convention). AdaRound runs "
             "per layer, BRECQ and QDrop per block (residual / inverted-residual block), QDrop with p = 0.5; "
             "a block of k layers runs k x 'iters per layer' steps, so every method gives each layer the same number "
-            "of steps; far below the papers' 20,000 per unit (CPU budget). Rows measured before per-layer counting "
-            "(runs older than 2026-12-01 22:00 UTC) gave a block the same count as one layer.")
+            "of steps; far below the papers' 20,000 per unit (CPU budget).")
     body = []
     for r in saved:
         commands = dict.fromkeys(x.get("command", r.get("command", "")) for x in r["rows"] if x["name"] != "fp32")

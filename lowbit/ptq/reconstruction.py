@@ -16,8 +16,8 @@ both papers). The papers run 20,000 iterations per unit on a GPU; lowbit's defau
 BENCHMARKS.md, "Repairing accuracy at low bits"). `iters` counts per quantized layer: a block of k layers runs
 k * iters steps, so BRECQ and QDrop give each layer's rounding as many steps as AdaRound does. With a fixed
 count per block (the papers' convention, harmless at 20,000) a few hundred steps shared by up to eight layers
-left blocks under-trained: fashion-cnn W2A4 BRECQ 0.749 at 300 steps per block, 0.875 at 1200, against
-AdaRound's 0.826 at 300 per layer.
+left blocks under-trained: fashion-cnn W2A4 at 300 went from BRECQ 0.661 / QDrop 0.730 (per block) to 0.812 /
+0.795 (per layer; AdaRound 0.826), BENCHMARKS.md's repair table before and after.
 Inputs and targets are recorded on the first `samples` calibration rows with `lowbit.ptq.runner` (one sweep of
 the graph for all units). Each pass returns one `UnitResult` per unit with the output error under nearest
 rounding and after reconstruction.

@@ -127,7 +127,8 @@ def write_markdown(result: dict) -> None:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         p, t = r["parity"], r["trace"]
-        lines.append(f"| {r['model']} | {len(t)} | {p['qdq_graph_torch']:.4f} | {p['onnxruntime_no_optimizations']:.4f} "
+        lines.append(f"| {r['model']} | {len(t)} | {p['qdq_graph_torch']:.4f} "
+                     f"| {p['onnxruntime_no_optimizations']:.4f} "
                      f"| {p['onnxruntime_deployed']:.4f} | {p['onnxruntime_deployed_vs_no_optimizations']:.4f} "
                      f"| {_first(t, 1e-9)} | {_first(t, 0.01)} | {t[-1]['differ']:.2%} |" if t else "")
     lines += ["", "Reading: where the QDQ graph in torch already parts from the simulation, the runtime is not "

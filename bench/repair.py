@@ -92,7 +92,8 @@ def _row_order(row: dict) -> int:
 def table(result: dict) -> str:
     primary = result["primary_metric"]
     lines = [f"### {result['model']} ({result['setup']})", "",
-             f"| config | method | {primary} | other metrics | passes | iters per layer | batch | quantize + passes s |",
+             f"| config | method | {primary} | other metrics | passes | iters per layer | batch "
+             "| quantize + passes s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in sorted(result["rows"], key=_row_order):
         bits, _, method = r["name"].partition("/")

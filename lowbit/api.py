@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lowbit.config import Mode, QuantConfig, preset
+from lowbit.graph.bias import fit_int32_biases
 from lowbit.graph.capture import capture
 from lowbit.graph.fold_bn import fold_bn
 from lowbit.graph.placement import place_quantizers
@@ -53,6 +54,9 @@ def quantize(
     if config.calibration != "estimator":
         CALIBRATIONS.get(config.calibration)(qmodel, batches, progress=progress)
     run_passes("quantized", qmodel, batches, config, progress)
+    refit = fit_int32_biases(gm)
+    if refit:
+        log.info("weight scales raised so that int32 biases fit (nearly zero channels): %s", ", ".join(refit))
     qmodel.calibration_seconds = time.perf_counter() - t0
     log.info("quantized %d of %d layers in %.1f s", len(qmodel.quantized_layers()), len(qmodel.layers),
              qmodel.calibration_seconds)

@@ -157,6 +157,11 @@ def _onnx_lines(o: dict, fp32_metrics: dict) -> list[str]:
         f"         integer kernels {share['integer_fraction']:.0%} of kernel time; "
         f"{o['parity_within_one_step']:.2%} of outputs within one step of the simulation",
     ]
+    layers = o.get("layer_parity")
+    if layers and layers["quantizers"]:
+        lines.append(f"         layer by layer (each fed onnxruntime's own inputs): {layers['median_equal']:.2%} of "
+                     f"codes equal at the median quantizer of {layers['quantizers']}, {layers['worst_equal']:.2%} "
+                     f"at the worst ({layers['worst_quantizer']})")
     for k, v in o.get("metrics", {}).items():
         lines.append(f"{k} in onnxruntime: fp32 {_fmt(fp32_metrics.get(k))} -> int8 {_fmt(v)}")
     if o.get("warning"):

@@ -4,7 +4,8 @@
 
 Writes the int8 QDQ model and an fp32 ONNX reference (`<name>.fp32.onnx`), times both in onnxruntime (alternating,
 medians, same batch, same threads), profiles the int8 one for its share of integer kernels (warning when float
-kernels dominate), scores it on the evaluation batches and checks parity with the torch simulation.
+kernels dominate), scores it on the evaluation batches and checks parity with the torch simulation: at the output
+(`parity`) and layer by layer, each quantizer fed the runtime's own inputs (`layer_parity.layer_parity`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lowbit.export.layer_parity import layer_parity
 from lowbit.export.onnx import strip_debug_info, to_onnx
 from lowbit.export.profile import integer_share
 
@@ -98,6 +100,7 @@ def deploy(float_model, qmodel, example: tuple, path: str | Path, evals: Sequenc
         "latency": compare_latency(fp32, int8, batch),
         "integer_share": share.to_json(),
         "parity_within_one_step": parity(qmodel, int8, batch),
+        "layer_parity": layer_parity(qmodel, path, batch).to_json(),
     }
     warning = share.warning()
     if warning:

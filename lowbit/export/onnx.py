@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from lowbit.export.dynamic import onnx_translation as dynamic_translation
 from lowbit.export.gather_nbits import onnx_translation as gather_translation
 from lowbit.export.nbits import onnx_translation as nbits_translation
 from lowbit.export.qdq import ExportError, to_qdq
@@ -65,7 +66,7 @@ def to_onnx(
         program = torch.onnx.export(
             gm, example_inputs, dynamo=True, opset_version=OPSET, dynamic_shapes=shapes,
             input_names=input_names, output_names=output_names, verbose=False, optimize=True,
-            custom_translation_table={**nbits_translation(), **gather_translation()},
+            custom_translation_table={**nbits_translation(), **gather_translation(), **dynamic_translation()},
         )
     except Exception as exc:  # the exporter raises many types; name the step that failed
         raise ExportError(f"torch.onnx could not export the QDQ graph: {str(exc).splitlines()[0]}") from exc

@@ -16,8 +16,9 @@ This is also the representation PyTorch's PT2E flow produces, which torch.compil
 oneDNN int8 kernels (`lowbit.export.pt2e`).
 
 Per-group weights (w4a16) are written as int8 codes dequantized with plain arithmetic (the ONNX writer turns the
-matmuls they feed into onnxruntime's MatMulNBits). Quantizers the runtimes cannot express (codebooks, FP8,
-dynamic per-token activations) raise ExportError naming them.
+matmuls they feed into onnxruntime's MatMulNBits). Dynamic uint8 per-tensor activations become
+`lowbit::dynamic_quantize` (DynamicQuantizeLinear in ONNX, `export/dynamic.py`). Quantizers the runtimes cannot
+express (codebooks, FP8, dynamic per-token activations) raise ExportError naming them.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from lowbit.core.granularity import GROUPED, PerChannel, PerTensor
 from lowbit.core.primitives import quantize
 from lowbit.core.qparams import QParams
 from lowbit.core.qtype import IntQType
-from lowbit.graph.bias import INT32_MAX, BiasQuantizer, quantize_bias
+from lowbit.graph.bias import INT32_MAX, BiasQuantizer, fit_int32_biases, quantize_bias
 from lowbit.graph.quantized_model import QuantizedModel
 from lowbit.graph.quantizers import ActQuantizer, WeightQuantizer
 
@@ -61,6 +62,7 @@ def to_qdq(qmodel: QuantizedModel, int_bias: bool = True, nbits: bool = False) -
     `int_bias`: biases as int32 codes (onnxruntime's fusion needs them); PT2E keeps them float.
     `nbits`: weight-only per-group linear layers become `lowbit::matmul_nbits` (MatMulNBits in ONNX)."""
     qmodel.prepare_weights()
+    fit_int32_biases(qmodel.graph_module)  # after QAT or a pass that moved scales since quantize()
     gm = copy.deepcopy(qmodel.graph_module)
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
@@ -112,10 +114,8 @@ def _replace_act(gm: fx.GraphModule, node: fx.Node, q: ActQuantizer) -> None:
         gm.graph.erase_node(node)
         return
     if q.dynamic:
-        raise ExportError(
-            f"activation quantizer {node.target} is dynamic ({q.spec.granularity}): QDQ export needs static "
-            "ranges; use a static preset (w8a8) or a weight-only one (w4a16, w8a16) to export"
-        )
+        _replace_dynamic(gm, node, q)
+        return
     if q.qparams is None:
         raise ExportError(f"activation quantizer {node.target} has no range: calibrate the model before export")
     qtype = _int_qtype(q, f"activation quantizer {node.target}")
@@ -128,6 +128,27 @@ def _replace_act(gm: fx.GraphModule, node: fx.Node, q: ActQuantizer) -> None:
         qn = gm.graph.call_function(qd.quantize_per_tensor.default, (x, *args))
         dq = gm.graph.call_function(qd.dequantize_per_tensor.default, (qn, *args))
     dq.meta = {**node.meta, "lowbit_quantizer": str(node.target)}  # which quantizer it replaced (bench/parity.py)
+    node.replace_all_uses_with(dq)
+    gm.graph.erase_node(node)
+
+
+def _replace_dynamic(gm: fx.GraphModule, node: fx.Node, q: ActQuantizer) -> None:
+    """A dynamic uint8 asymmetric per-tensor quantizer -> `lowbit::dynamic_quantize` (DynamicQuantizeLinear ->
+    DequantizeLinear in ONNX, `export/dynamic.py`); any other dynamic quantizer has no ONNX form."""
+    qtype = q.spec.qtype
+    if not (isinstance(q.spec.granularity, PerTensor) and isinstance(qtype, IntQType) and qtype.bits == 8
+            and not qtype.signed and not q.spec.symmetric):
+        raise ExportError(
+            f"activation quantizer {node.target} is dynamic {qtype.name} {q.spec.granularity}"
+            f"{' symmetric' if q.spec.symmetric else ''}: ONNX's DynamicQuantizeLinear takes one uint8 asymmetric "
+            "range per tensor; pass the config through lowbit.export.layout.deployable, or use a static preset "
+            "(w8a8) or a weight-only one (w4a16, w8a16) to export"
+        )
+    import lowbit.export.dynamic  # noqa: F401  (registers torch.ops.lowbit.dynamic_quantize)
+
+    with gm.graph.inserting_before(node):
+        dq = gm.graph.call_function(torch.ops.lowbit.dynamic_quantize.default, (node.args[0],))
+    dq.meta = {**node.meta, "lowbit_quantizer": str(node.target)}
     node.replace_all_uses_with(dq)
     gm.graph.erase_node(node)
 

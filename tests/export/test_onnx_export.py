@@ -11,6 +11,7 @@ import torch
 import lowbit
 from lowbit.core import PerGroup, get_qtype
 from lowbit.export import ExportError, integer_share, to_onnx
+from lowbit.export.layer_parity import layer_parity
 from lowbit.export.layout import deployable, u8s8_saturates
 from lowbit.export.pt2e import to_exported_program
 from tests.graph.models import TinyAttention, TinyCNN, images, tokens, trained_bn
@@ -174,3 +175,132 @@ def test_add_then_relu_is_quantized_once_and_runs_as_one_qlinearadd(tmp_path):
     ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
     assert "QLinearAdd" in ops and ops.count("QuantizeLinear") == 1, ops  # the input's only
     assert _within_one_step(got, qm(x).detach().numpy()) >= 0.999
+
+
+def test_layer_parity_scores_each_quantizer_on_the_runtime_inputs_and_finds_a_broken_layer(cnn_full, tmp_path):
+    """Teacher forcing: every quantizer of the simulation is scored on onnxruntime's own input codes, so a layer
+    exported with wrong weights shows at its own quantizer and not downstream."""
+    x = images(1, batch=8, seed=5)[0][0]
+    path = to_onnx(cnn_full, (x[:2],), tmp_path / "cnn.onnx")
+    good = layer_parity(cnn_full, path, (x,))
+    assert good.output_unchanged and good.unmatched == []
+    assert len(good.rows) >= 3 and good.worst >= 0.999, good.rows
+    model = onnx.load(str(path))
+    codes = next(i for i in model.graph.initializer if i.name.endswith("_wcodes"))
+    w = onnx.numpy_helper.to_array(codes)
+    codes.CopyFrom(onnx.numpy_helper.from_array(np.clip(-w.astype(np.int16), -127, 127).astype(np.int8), codes.name))
+    onnx.save_model(model, str(tmp_path / "broken.onnx"))
+    bad = layer_parity(cnn_full, tmp_path / "broken.onnx", (x,))
+    wrong = [r for r in bad.rows if r["equal"] < 0.99]
+    assert len(wrong) == 1 and wrong[0]["quantizer"] != bad.rows[0]["quantizer"], bad.rows
+    assert all(r["equal"] >= 0.999 for r in bad.rows if r is not wrong[0])
+
+
+def test_dynamic_quantize_reference_is_onnx_dynamicquantizelinear():
+    """Hand-written DynamicQuantizeLinear (ONNX spec) against lowbit's op and onnxruntime's kernel."""
+    from onnx import TensorProto, helper
+
+    import lowbit.export.dynamic  # noqa: F401
+
+    x = torch.randn(64, 48, generator=torch.Generator().manual_seed(3)) * 3 + 1
+    lo, hi = min(0.0, float(x.min())), max(0.0, float(x.max()))
+    scale = np.float32((hi - lo) / 255)
+    zp = np.clip(np.round(-lo / scale), 0, 255)
+    codes = np.clip(np.round(x.numpy() / scale) + zp, 0, 255)
+    ours = torch.ops.lowbit.dynamic_quantize(x).numpy()
+    np.testing.assert_allclose(ours, (codes - zp) * scale, rtol=0, atol=1e-6)
+    graph = helper.make_graph(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 48])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 48])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert (np.abs(sess.run(None, {"x": x.numpy()})[0] - ours) <= scale * 1.0001).all()
+    assert torch.ops.lowbit.dynamic_quantize(torch.zeros(3, 4)).abs().max() == 0  # no division by a zero scale
+
+
+class TinyMLP(torch.nn.Module):
+    def __init__(self, d: int = 32) -> None:
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(d, 4 * d), torch.nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        return x + self.down(torch.nn.functional.gelu(self.up(x)))
+
+
+def test_dynamic_int8_exports_as_dynamicquantizematmul(tmp_path):
+    """A dynamic config made deployable: uint8 per-tensor ranges per call, which onnxruntime runs as
+    DynamicQuantizeMatMul (integer GEMM), equal to the simulation; per-token ranges have no ONNX form."""
+    torch.manual_seed(0)
+    model = TinyMLP().eval()
+    calib = [(torch.randn(4, 8, 32),) for _ in range(2)]
+    with pytest.raises(ExportError, match="DynamicQuantizeLinear takes one uint8 asymmetric range per tensor"):
+        to_onnx(lowbit.quantize(model, calib, "w8a8-dynamic"), calib[0], tmp_path / "token.onnx")
+    config, notes = deployable(lowbit.preset("w8a8-dynamic"), model, saturating=False)
+    assert config.activation.qtype.name == "uint8" and "per tensor" in notes[0]
+    qm = lowbit.quantize(model, calib, config)
+    x = torch.randn(3, 8, 32) * 2
+    path = to_onnx(qm, calib[0], tmp_path / "mlp.onnx")
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "mlp.opt.onnx")
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    assert ops.count("DynamicQuantizeMatMul") == 2 and "MatMul" not in ops, ops
+    assert _within_one_step(got, qm(x).detach().numpy()) >= 0.999
+
+
+def test_massive_activation_rules_keep_float_only_the_linear_with_outliers():
+    """SQNR of one uint8 range per tensor: a 1,000x outlier in one element leaves the step wider than the data
+    (hand-computed below), a Gaussian input is far above the 6 dB cut."""
+    from lowbit.export.layout import massive_activation_rules
+
+    torch.manual_seed(0)
+    model = TinyMLP().eval()
+    x = torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(0))
+    x[0, 0, 0] = 1000.0  # one massive activation in `up`'s input; `down` reads a bounded GELU of a mixture
+    with torch.no_grad():
+        model.up.weight[:, 0] = 0.0  # so that the outlier does not reach `down`
+    rules = massive_activation_rules(model, [(x,)])
+    assert [r.pattern for r in rules] == ["up"] and rules[0].keep_float
+    step = (x.max() - x.min().clamp(max=0)) / 255
+    bulk = x.flatten().abs().sort().values[: 507]  # the 99% (507 of 512) smallest in magnitude
+    expected = float(10 * torch.log10(bulk.pow(2).mean() / (step**2 / 12)))
+    assert f"input SQNR {expected:.1f} dB" in rules[0].reason
+    assert massive_activation_rules(model, [(torch.randn(2, 8, 32),)]) == []
+
+
+class DeadChannel(torch.nn.Module):
+    """conv -> ReLU -> conv, the first conv's channel 0 nearly dead (|w| ~ 1e-7, as BatchNorm folding leaves some
+    of EfficientNet-Lite0's) with a negative bias: its exact output is 0 after the ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 1)
+        with torch.no_grad():
+            self.a.weight[0].uniform_(-1e-7, 1e-7)
+            self.a.bias[0] = -0.5
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_int32_bias_of_a_dead_channel_fits_beside_the_accumulator(tmp_path):
+    """At the dead channel's tiny weight scale the bias needs more than 2^31 codes and onnxruntime's int32 sum
+    wrapped (garbage where the exact result is 0); its weight scale is raised until the bias fits."""
+    from lowbit.graph.bias import INT32_MAX
+
+    torch.manual_seed(0)
+    config, _ = deployable(lowbit.preset("w8a8"), saturating=False)
+    qm = lowbit.quantize(DeadChannel().eval(), images(2, batch=8), config)
+    wq = qm.graph_module.get_submodule(qm.layers["a"].weight_quantizer)
+    s_x = float(qm.graph_module.get_submodule(qm.layers["a"].input_quantizers[0]).qparams.scale)
+    assert 0.5 / (s_x * float(wq.qparams.scale[0])) < INT32_MAX - 27 * 255 * 127  # the bias fits with headroom
+    assert float(wq.qparams.scale[1]) < 0.1  # live channels keep their own scale
+    x = images(1, batch=8, seed=4)[0][0]
+    path = to_onnx(qm, (x[:2],), tmp_path / "dead.onnx")
+    sim = qm(x).detach().numpy()
+    assert _within_one_step(_run(path, (x,)), sim) >= 0.999
+    report = layer_parity(qm, path, (x,))
+    assert report.worst >= 0.999, report.rows

@@ -28,6 +28,7 @@ PAIRS = (
     ("ort-static-minmax-rr", "ort-static-minmax", "reduce_range (7-bit weights)"),
     ("ort-dynamic-rr", "ort-dynamic", "reduce_range (7-bit weights)"),
     ("ort-static-minmax-emulated", "ort-static-minmax", "Same QDQ file without int8 kernels (emulated in fp32)"),
+    ("lowbit-int8-dynamic-ort", "ort-dynamic", "Dynamic int8, lowbit against onnxruntime's quantize_dynamic"),
 )
 
 

@@ -159,8 +159,8 @@ def _onnx_lines(o: dict, fp32_metrics: dict) -> list[str]:
     ]
     layers = o.get("layer_parity")
     if layers and layers["quantizers"]:
-        lines.append(f"         layer by layer (each fed onnxruntime's own inputs): {layers['median_equal']:.2%} of "
-                     f"codes equal at the median quantizer of {layers['quantizers']}, {layers['worst_equal']:.2%} "
+        lines.append(f"         layer by layer (each fed onnxruntime's own inputs): {layers['median_equal']:.3%} of "
+                     f"codes equal at the median quantizer of {layers['quantizers']}, {layers['worst_equal']:.3%} "
                      f"at the worst ({layers['worst_quantizer']})")
     for k, v in o.get("metrics", {}).items():
         lines.append(f"{k} in onnxruntime: fp32 {_fmt(fp32_metrics.get(k))} -> int8 {_fmt(v)}")

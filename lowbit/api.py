@@ -54,7 +54,7 @@ def quantize(
     if config.calibration != "estimator":
         CALIBRATIONS.get(config.calibration)(qmodel, batches, progress=progress)
     run_passes("quantized", qmodel, batches, config, progress)
-    refit = fit_int32_biases(gm)
+    refit = fit_int32_biases(qmodel)
     if refit:
         log.info("weight scales raised so that int32 biases fit (nearly zero channels): %s", ", ".join(refit))
     qmodel.calibration_seconds = time.perf_counter() - t0

@@ -23,7 +23,6 @@ output is bit-identical with and without them.
 from __future__ import annotations
 
 import statistics
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,15 +42,19 @@ class LayerParity:
     output_unchanged: bool = True
 
     @property
+    def worst_row(self) -> dict | None:
+        return min(self.rows, key=lambda r: r["equal"], default=None)
+
+    @property
     def worst(self) -> float:
-        return min((r["equal"] for r in self.rows), default=float("nan"))
+        return self.worst_row["equal"] if self.rows else float("nan")
 
     @property
     def median(self) -> float:
         return statistics.median(r["equal"] for r in self.rows) if self.rows else float("nan")
 
     def to_json(self) -> dict:
-        worst = min(self.rows, key=lambda r: r["equal"], default=None)
+        worst = self.worst_row
         return {"quantizers": len(self.rows), "worst_equal": self.worst, "median_equal": self.median,
                 "worst_quantizer": worst["quantizer"] if worst else None, "unmatched": self.unmatched,
                 "output_unchanged": self.output_unchanged}
@@ -146,12 +149,9 @@ def layer_parity(qmodel, path: str | Path, batch: tuple, threads: int = 1) -> La
     opts.intra_op_num_threads = threads
     plain = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     feeds = {i.name: t.numpy() for i, t in zip(plain.get_inputs(), batch, strict=True)}
-    with tempfile.TemporaryDirectory() as tmp:  # a file, not bytes: a large model keeps external data beside it
-        wide = Path(tmp) / "exposed.onnx"
-        onnx.save_model(proto, str(wide))
-        session = ort.InferenceSession(str(wide), opts, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        values = dict(zip(names, session.run(None, feeds), strict=True))
+    session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    values = dict(zip(names, session.run(None, feeds), strict=True))
     first = plain.get_outputs()[0].name
     result.output_unchanged = bool(np.array_equal(plain.run([first], feeds)[0], values[first]))
     forced = {n: (values[name], scale, zp, their_zp) for n, (name, _, their_zp, scale, zp) in exposed.items()}

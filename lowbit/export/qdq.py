@@ -62,7 +62,7 @@ def to_qdq(qmodel: QuantizedModel, int_bias: bool = True, nbits: bool = False) -
     `int_bias`: biases as int32 codes (onnxruntime's fusion needs them); PT2E keeps them float.
     `nbits`: weight-only per-group linear layers become `lowbit::matmul_nbits` (MatMulNBits in ONNX)."""
     qmodel.prepare_weights()
-    fit_int32_biases(qmodel.graph_module)  # after QAT or a pass that moved scales since quantize()
+    fit_int32_biases(qmodel)  # after QAT or a pass that moved scales since quantize()
     gm = copy.deepcopy(qmodel.graph_module)
     for node in list(gm.graph.nodes):
         if node.op != "call_module":

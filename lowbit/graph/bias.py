@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from torch import fx
 
 from lowbit.core.granularity import PerChannel, PerTensor
 from lowbit.core.qparams import QParams
@@ -82,23 +81,20 @@ def _accumulator_bound(act: QParams, weight: QParams, fan_in: int) -> int:
     return fan_in * (a.qmax - a.qmin) * max(abs(w.qmin), abs(w.qmax))
 
 
-def fit_int32_biases(gm: fx.GraphModule) -> list[str]:
-    """Raise the weight scales of the channels whose int32 bias codes would not fit beside the accumulator (module
-    docstring) and re-quantize those weights. Returns the layers changed; idempotent."""
+def fit_int32_biases(qmodel) -> list[str]:
+    """Raise the weight scales of the channels of `qmodel` (a QuantizedModel) whose int32 bias codes would not fit
+    beside the accumulator (module docstring) and re-quantize those weights. Returns the layers changed; idempotent."""
     from lowbit.graph.nodes import get_attr_tensor
-    from lowbit.graph.quantizers import WeightQuantizer
 
-    weight_nodes = {id(gm.get_submodule(n.target)): n for n in gm.graph.nodes
-                    if n.op == "call_module" and isinstance(gm.get_submodule(n.target), WeightQuantizer)}
-    changed = []
+    gm, changed = qmodel.graph_module, []
     for n in gm.graph.nodes:
         if n.op != "call_module" or not isinstance(gm.get_submodule(n.target), BiasQuantizer):
             continue
         bq = gm.get_submodule(n.target)
         act, wq = bq._sources
-        if n.args[0].op != "get_attr" or id(wq) not in weight_nodes or bq.scale(1) is None:
+        if n.args[0].op != "get_attr" or bq.layer not in qmodel.layers or bq.scale(1) is None:
             continue
-        w, b = get_attr_tensor(gm, weight_nodes[id(wq)].args[0]).detach(), get_attr_tensor(gm, n.args[0]).detach()
+        w, b = qmodel.weight_of(qmodel.layers[bq.layer]).detach(), get_attr_tensor(gm, n.args[0]).detach()
         room = INT32_MAX - _accumulator_bound(act.qparams, wq.qparams, w[0].numel())
         if room <= 0:
             continue

@@ -33,6 +33,14 @@ CONFIGS: dict[str, tuple[Callable[[], QuantConfig], str]] = {
     "lowbit-w8a8-mse-smoothquant": (
         lambda: w8a8("mse", passes=(PassSpec("smoothquant", (("alpha", 0.8), ("explicit", True))),)),
         "W8A8 static (mse) + SmoothQuant alpha 0.8 with explicit multiplies (BERT's norms feed the residual)"),
+    "lowbit-w8a8-mse-smoothquant-gelu": (
+        lambda: w8a8("mse", passes=(PassSpec("smoothquant", (("alpha", 0.8), ("explicit", True),
+                                                              ("after_activations", True))),)),
+        "as lowbit-w8a8-mse-smoothquant, and multiplies after the GELUs too (before FFN-down)"),
+    "lowbit-w8a8-mse-smoothquant-outliers": (
+        lambda: w8a8("mse", passes=(PassSpec("smoothquant", (("alpha", 0.8), ("explicit", True))),
+                                    PassSpec("outlier_channels"))),
+        "as lowbit-w8a8-mse-smoothquant, then outlier input channels in float (pass outlier_channels)"),
     "lowbit-w8a8-mse-bias-correction": (lambda: w8a8("mse", passes=(PassSpec("bias_correction"),)),
                                         "W8A8 static (mse) + empirical bias correction"),
     "lowbit-w8a8-dynamic": (lambda: preset("w8a8-dynamic"), "W8A8, per-token dynamic activations"),

@@ -26,6 +26,13 @@ from lowbit.graph.quantizers import WeightQuantizer
 
 aten = torch.ops.aten
 MIN_SMOOTH_SCALE = 1e-5
+# Activation functions. `insert_muls` leaves their outputs alone unless asked: a multiply there sits between a
+# linear layer's activation and its output quantizer, which torch.compile's x86 int8 lowering otherwise fuses into
+# one oneDNN kernel (linear + GELU + quantize), and on MiniLM smoothing the GELU outputs lowered the cosine as well
+# (docs/ARCHITECTURE.md, "Scale migration").
+ACTIVATIONS = frozenset({aten.gelu.default, aten.relu.default, aten.silu.default, aten.sigmoid.default,
+                         aten.tanh.default, aten.hardswish.default, aten.hardtanh.default, aten.leaky_relu.default,
+                         aten.elu.default, aten.mish.default})
 
 
 @dataclass
@@ -107,13 +114,16 @@ def _quantized_linear_readers(src: fx.Node, config: QuantConfig, uses: dict[str,
     return out
 
 
-def insert_muls(gm: fx.GraphModule, config: QuantConfig) -> int:
-    """Give every producer whose 1/s has nowhere to fold (GELU outputs; a LayerNorm also read by a residual add,
-    as in BERT) an explicit `x * (1/s)` in front of its quantized linear readers, s = 1 until a pass sets it.
-    This is the form NNCF's SmoothQuant takes: one float per-channel multiply before the activation quantizer,
-    so the migration works on any producer. Returns how many were inserted."""
+def insert_muls(gm: fx.GraphModule, config: QuantConfig, after_activations: bool = False) -> int:
+    """Give every producer whose 1/s has nowhere to fold (a LayerNorm also read by a residual add, as in BERT; a
+    reshape of attention's output) an explicit `x * (1/s)` in front of its quantized linear readers, s = 1 until
+    a pass sets it. This is the form NNCF's SmoothQuant takes: one float per-channel multiply before the
+    activation quantizer, so the migration works on any producer. Outputs of activation functions (`ACTIVATIONS`:
+    GELU, ReLU, SiLU, ...) get one only with `after_activations`. Returns how many were inserted."""
     uses, count = _attr_uses(gm), 0
     for src in list(gm.graph.nodes):
+        if not after_activations and src.op == "call_function" and src.target in ACTIVATIONS:
+            continue
         readers = _quantized_linear_readers(src, config, uses)
         if not readers or (len(readers) == len(src.users) and _fold_for(
                 gm, src, get_attr_tensor(gm, readers[0].args[1]).shape[1], uses) is not None):

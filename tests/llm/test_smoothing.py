@@ -107,12 +107,21 @@ def test_explicit_smoothing_inserts_muls_and_keeps_float_outputs():
     gm = capture(model, calib[0])
     assert smoothquant(gm, calib, config=config) == {}  # nowhere to fold: the norm is read by the residual too
     chosen = smoothquant(gm, calib, config=config, explicit=True)
-    assert sorted(chosen) == ["down", "up"]
+    assert sorted(chosen) == ["up"]  # the GELU output (read by "down") gets no multiply unless asked
     x = _outlier_inputs(5)[4][0]
     with torch.no_grad():
         assert torch.allclose(gm(x), model(x), atol=1e-4, rtol=1e-4)
     inv = gm.get_parameter("lowbit_smooth_0")  # 1/s of the norm output, read by the inserted multiply
     assert not torch.allclose(inv, torch.ones_like(inv))
+    assert not hasattr(gm, "lowbit_smooth_1")
+
+    gm = capture(model, calib[0])
+    chosen = smoothquant(gm, calib, config=config, explicit=True, after_activations=True)
+    assert sorted(chosen) == ["down", "up"]
+    with torch.no_grad():
+        assert torch.allclose(gm(x), model(x), atol=1e-4, rtol=1e-4)
+    gelu = next(n for n in gm.graph.nodes if n.target is torch.ops.aten.gelu.default)
+    assert [u.target for u in gelu.users] == [torch.ops.aten.mul.Tensor]
 
 
 def test_explicit_smoothing_lowers_static_w8a8_error():

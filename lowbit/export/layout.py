@@ -47,18 +47,34 @@ def u8s8_saturates(flags: set[str] | None = None) -> bool:
     return not any(f in flags for f in VNNI_FLAGS)
 
 
+RUNTIMES = ("onnxruntime", "pt2e")
+PT2E_FLOAT_MATMULS = LayerRule(
+    module_type="matmul", keep_float=True,
+    reason="PT2E: torch.compile's x86 inductor lowers only conv and linear layers to int8 kernels; a quantized "
+           "activation x activation matmul (attention) would run as quantize -> dequantize -> float matmul, "
+           "rounding for no speed")
+
+
 def deployable(config: QuantConfig, model: torch.nn.Module | None = None,
-               saturating: bool | None = None) -> tuple[QuantConfig, list[str]]:
-    """`config` made to run as exact integer kernels in onnxruntime, and the notes that say what changed and why:
+               saturating: bool | None = None, runtime: str = "onnxruntime") -> tuple[QuantConfig, list[str]]:
+    """`config` made to run as exact integer kernels in `runtime` ("onnxruntime" or "pt2e", the
+    `lowbit.export.pt2e` path), and the notes that say what changed and why:
     - a model with convolutions gets fully quantized static activations: onnxruntime fuses DQ -> Conv -> Q into
       QLinearConv only with a Q after the conv (matmuls and Gemm need none: DQ -> MatMul becomes
       MatMulIntegerToFloat, so transformers keep the more accurate inputs-only placement);
     - dynamic activations as one uint8 asymmetric range per tensor, computed on every call: onnxruntime's
       DynamicQuantizeLinear, fused with the matmul it feeds into DynamicQuantizeMatMul (`export/dynamic.py`);
-    - 7-bit weights where U8S8 saturates (see the module docstring), for static and dynamic activations alike."""
+    - 7-bit weights where U8S8 saturates (see the module docstring), for static and dynamic activations alike;
+    - for "pt2e", attention's activation x activation matmuls kept float (`PT2E_FLOAT_MATMULS`); onnxruntime runs
+      them as MatMulIntegerToFloat, an integer kernel, so there they stay quantized."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
     notes: list[str] = []
     if config.activation is None or config.mode is Mode.WEIGHT_ONLY:
         return config, notes
+    if runtime == "pt2e" and config.mode is Mode.STATIC:
+        config = config.with_rules(PT2E_FLOAT_MATMULS)
+        notes.append("attention matmuls float: torch.compile's int8 lowering covers conv and linear only")
     if config.mode is Mode.DYNAMIC:
         a = config.activation
         if not (isinstance(a.granularity, PerTensor) and a.qtype == UINT8 and not a.symmetric):

@@ -77,6 +77,28 @@ def test_attention_export_parity(tmp_path):
     assert _within_one_step(_run(path, (x, mask)), sim) >= 0.999
 
 
+def test_pt2e_layout_keeps_attention_matmuls_float_and_the_program_equals_simulation():
+    torch.manual_seed(0)
+    model, calib = TinyAttention().eval(), tokens(4)
+    with pytest.raises(ValueError, match="onnxruntime, pt2e"):
+        deployable(lowbit.preset("w8a8"), model, runtime="tensorrt")
+    cfg, notes = deployable(lowbit.preset("w8a8"), model, saturating=False, runtime="pt2e")
+    assert any("attention matmuls float" in n for n in notes)
+    qm, ort_qm = (lowbit.quantize(model, calib, c) for c in (cfg, deployable(lowbit.preset("w8a8"), model,
+                                                                                saturating=False)[0]))
+    kinds = {name: (info.kind, qm.layers[name].input_quantizers) for name, info in qm.layers.items()}
+    assert {k for k, _ in kinds.values()} == {"linear", "matmul"}
+    for name, (kind, inputs) in kinds.items():
+        assert bool(inputs) == (kind == "linear"), name  # onnxruntime's layout quantizes both kinds
+        assert ort_qm.layers[name].input_quantizers, name
+    kept = qm.summary()["kept_float"]
+    assert set(kept) == {n for n, (k, _) in kinds.items() if k == "matmul"} and all("PT2E" in w for w in kept.values())
+    x, mask = tokens(1, batch=3, t=6, seed=9)[0]
+    program = to_exported_program(qm, (x, mask))
+    with torch.no_grad():
+        assert torch.allclose(program.module()(x, mask), qm(x, mask), atol=1e-5)
+
+
 def test_weight_only_int4_becomes_matmul_nbits(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 128)).eval()

@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""Where onnxruntime spends its time, fp32 against lowbit's int8 export, kernel kind by kernel kind.
+
+    .venv/bin/python bench/kernel_split.py [--models efficientnet-lite0 minilm]
+
+For each model: the fp32 ONNX and lowbit's int8 export in the deployable layout (the runtime benchmark's
+lowbit-int8-ort layout; ranges by mse without the accuracy recipe, which changes scales, not kernels), profiled by
+onnxruntime (1 thread, batch 32, one warm-up then `--runs` runs) on the optimized graph it actually executes.
+Kernel time is summed per kind: convolutions split into depthwise/grouped (group > 1) and the rest, matmuls, and
+everything else by op type. The speed-up per kind says which kernels carry the int8 gain and which do not.
+Writes results/kernel-split.json and the "Where onnxruntime spends its time" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from bench.common import cpu_flags  # noqa: E402
+from bench.markdown import write_section  # noqa: E402
+
+SECTION = "## Where onnxruntime spends its time (fp32 against int8, by kernel kind)"
+BATCH = 32
+CONVS = ("Conv", "QLinearConv", "FusedConv", "ConvInteger")
+MATMULS = ("MatMul", "Gemm", "FusedMatMul", "FusedGemm", "QGemm", "QLinearMatMul", "MatMulInteger",
+           "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits")
+
+
+def kind(op: str, group: int) -> str:
+    if op in CONVS:
+        return "conv, depthwise/grouped" if group > 1 else "conv, other"
+    if op in MATMULS:
+        return "matmul/gemm"
+    return op
+
+
+def profile(path: Path, task, batch: tuple, runs: int, work: Path) -> dict[str, float]:
+    """ms per run by kernel kind, from onnxruntime's profile of the optimized graph (warm-up run dropped)."""
+    import onnx
+    import onnxruntime as ort
+
+    from bench.onnx_io import feeds
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(work / path.stem)
+    opts.optimized_model_filepath = str(work / f"{path.stem}.optimized.onnx")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    inputs = feeds([i.name for i in sess.get_inputs()], task.input_names, batch)
+    for _ in range(runs + 1):
+        sess.run(None, inputs)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    graph = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+    groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1) for n in graph.node}
+    out: dict[str, float] = defaultdict(float)
+    seen = 0
+    for ev in events:
+        if ev.get("cat") == "Session" and ev.get("name") == "model_run":
+            seen += 1
+        if seen == 0 or ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
+            continue  # the warm-up run's nodes come before its model_run event
+        name = ev["name"].removesuffix("_kernel_time")
+        out[kind(ev["args"]["op_name"], groups.get(name, 1))] += ev["dur"] / 1000 / runs
+    return dict(out)
+
+
+def measure(name: str, runs: int, work: Path) -> dict:
+    import lowbit.zoo
+    from bench.onnx_io import ONNX_OUTPUT_PREFIX, dynamic_shapes, export_fp32, export_inputs
+    from bench.variants.lowbit_export import quantize_deployable
+    from lowbit.export import to_onnx
+
+    torch.set_num_threads(1)
+    task = lowbit.zoo.load(name, n_calib=64, n_eval=BATCH)
+    batch = tuple(torch.cat([b[i] for b in task.eval])[:BATCH] for i in range(len(task.eval[0])))
+    work.mkdir(parents=True, exist_ok=True)
+    qmodel, _, _ = quantize_deployable(task, task.calib, "w8a8", repair=False)
+    files = {"fp32": export_fp32(task, work),
+             "int8": to_onnx(qmodel, export_inputs(task), work / "int8.onnx", input_names=list(task.input_names),
+                             output_names=[ONNX_OUTPUT_PREFIX + n for n in task.output_names],
+                             dynamic_shapes=dynamic_shapes(task))}
+    out = {label: profile(path, task, batch, runs, work) for label, path in files.items()}
+    print(name, json.dumps(out), flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["efficientnet-lite0", "minilm"])
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="lowbit-kernels-"))
+    results = {m: measure(m, args.runs, work / m) for m in args.models}
+    command = "python bench/kernel_split.py " + " ".join(sys.argv[1:])
+    (ROOT / "results" / "kernel-split.json").write_text(json.dumps({"command": command, "models": results},
+                                                                   indent=1))
+    cpu = cpu_flags()
+    lines = [f"Command: `{command}`  ",
+             f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; CPU: {cpu['model']}, flags "
+             f"{', '.join(cpu['flags'])}; load average at the end {os.getloadavg()[0]:.1f}.  ",
+             f"onnxruntime's profile (1 thread, batch {BATCH}, mean of {args.runs} runs after a warm-up; profiling "
+             "adds a little to every kernel) of the fp32 export and of lowbit's int8 export in the deployable "
+             "layout, kernel time per run summed by kind.", ""]
+    for model, r in results.items():
+        fp32, int8 = r["fp32"], r["int8"]
+        kinds = sorted(set(fp32) | set(int8), key=lambda k: -(fp32.get(k, 0) + int8.get(k, 0)))
+        total_f, total_i = sum(fp32.values()), sum(int8.values())
+        lines += [f"{model}: total {total_f:.1f} ms fp32, {total_i:.1f} ms int8 ({total_f / total_i:.2f}x).", "",
+                  "| kernel kind | fp32 ms | int8 ms | int8 share | speed-up |", "|---|---|---|---|---|"]
+        for k in kinds:
+            f, i = fp32.get(k, 0.0), int8.get(k, 0.0)
+            if f + i < 0.05 * max(total_f, total_i) / 100:
+                continue  # under 0.05% of the run
+            speed = f"{f / i:.2f}x" if f > 0 and i > 0 else ""
+            lines.append(f"| {k} | {f:.1f} | {i:.1f} | {i / total_i:.0%} | {speed} |")
+        lines.append("")
+    write_section(ROOT / "BENCHMARKS.md", SECTION, "\n".join(lines).rstrip())
+
+
+if __name__ == "__main__":
+    main()

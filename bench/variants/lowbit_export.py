@@ -3,8 +3,9 @@
 - lowbit-int8-ort: W8A8 static (mse activation ranges, then the `repaired` recipe) in the layout
   `lowbit.export.layout.deployable` picks for this CPU, exported as QDQ ONNX and run by onnxruntime
   (QLinearConv / MatMulIntegerToFloat / QGemm kernels);
-- lowbit-int8-pt2e: the same quantized model lowered to PT2E's ExportedProgram and compiled by torch.compile's x86
-  inductor backend (oneDNN int8 kernels);
+- lowbit-int8-pt2e: the same recipe in PT2E's layout (attention matmuls float: inductor has no int8 kernel for
+  them), lowered to PT2E's ExportedProgram and compiled by torch.compile's x86 inductor backend (oneDNN int8
+  kernels);
 - lowbit-w4a16-ort: SmolLM2's weight-only int4 per-group model as onnxruntime's MatMulNBits.
 Embedding tables are quantized too (int8 per row; SmolLM2's tied table is gathered from its LM head's int4 codes
 with GatherBlockQuantized), so the files hold no float table.
@@ -33,12 +34,15 @@ def repaired(config: QuantConfig, model: torch.nn.Module) -> tuple[QuantConfig, 
     """lowbit's best static int8 recipe per kind of model, measured in bench/ptq.py (BENCHMARKS.md, PTQ table):
     convolutional nets: EasyQuant scales then empirical bias correction (EfficientNet-Lite0 top-1 agreement
     0.84 -> 0.93 in the deployable layout); transformers: SmoothQuant alpha 0.8 through explicit per-channel
-    multiplies (MiniLM cosine 0.9925 -> 0.9939)."""
+    multiplies after the LayerNorms and attention outputs, none after GELU (MiniLM cosine 0.9925 -> 0.9958; with
+    the GELU outputs too 0.9939, and 15 ms slower in PT2E), then the outlier input channels of FFN-down in float
+    (`outlier_channels`: one or two channels in 6 of MiniLM's FFN-down inputs, PT2E cosine 0.9958 -> 0.9983)."""
     if any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules()):
         return (replace(config, calibration="easyquant", passes=config.passes + (PassSpec("bias_correction"),)),
                 "EasyQuant scales + bias correction")
     smooth = PassSpec("smoothquant", (("alpha", 0.8), ("explicit", True)))
-    return replace(config, passes=(smooth, *config.passes)), "SmoothQuant alpha 0.8 (explicit multiplies)"
+    why = "SmoothQuant alpha 0.8 (explicit multiplies, none after GELU); outlier input channels in float"
+    return replace(config, passes=(smooth, *config.passes, PassSpec("outlier_channels"))), why
 
 
 def repaired_dynamic(config: QuantConfig, model: torch.nn.Module, calib) -> tuple[QuantConfig, str]:
@@ -58,17 +62,18 @@ def repaired_dynamic(config: QuantConfig, model: torch.nn.Module, calib) -> tupl
     return config, why
 
 
-def quantize_deployable(task, calib, name: str = "w8a8", embeddings: bool = True, repair: bool = True):
-    """(QuantizedModel, seconds, notes) for the task's model in the deployable layout of this CPU. `embeddings`:
-    embedding tables as int8 per-row codes (a tied table: its LM head's codes), where the model has any.
-    `repair`: static int8 models get the recipe of `repaired`."""
+def quantize_deployable(task, calib, name: str = "w8a8", embeddings: bool = True, repair: bool = True,
+                        runtime: str = "onnxruntime"):
+    """(QuantizedModel, seconds, notes) for the task's model in the deployable layout of this CPU and `runtime`
+    (`lowbit.export.layout.deployable`). `embeddings`: embedding tables as int8 per-row codes (a tied table: its LM
+    head's codes), where the model has any. `repair`: static int8 models get the recipe of `repaired`."""
     import lowbit
     from lowbit.export.layout import deployable
 
     config = preset(name)
     if config.activation is not None:
         config = replace(config, activation=replace(config.activation, estimator=ESTIMATOR))
-    config, notes = deployable(config, task.model)
+    config, notes = deployable(config, task.model, runtime=runtime)
     if repair and config.mode is Mode.STATIC and config.activation is not None:
         config, why = repaired(config, task.model)
         notes.append(why)
@@ -161,7 +166,7 @@ def build_int8_pt2e(task, calib, workdir: Path) -> Built:
         raise NotApplicable(LLM_NO_COMPILE)
     from lowbit.export.pt2e import to_exported_program
 
-    qmodel, seconds, notes = quantize_deployable(task, calib)
+    qmodel, seconds, notes = quantize_deployable(task, calib, runtime="pt2e")
     program = to_exported_program(qmodel, export_inputs(task))  # dynamic axes; compiled per shape
     path = workdir / "lowbit-int8.pt2"
     torch.export.save(program, str(path))

@@ -68,6 +68,7 @@ from lowbit.ptq import (  # noqa: E402,F401
     bias_correction,
     easyquant,
     equalize,
+    outliers,  # outlier_channels
     reconstruction,  # adaround, brecq, qdrop
 )
 

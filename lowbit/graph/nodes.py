@@ -10,6 +10,15 @@ def attr_path(node: fx.Node) -> str:
     return str(node.target)
 
 
+def attr_uses(gm: fx.GraphModule) -> dict[str, int]:
+    """Attribute path -> how many nodes read it (a weight read by one layer only may be rewritten in place)."""
+    uses: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "get_attr":
+            uses[str(n.target)] = uses.get(str(n.target), 0) + len(n.users)
+    return uses
+
+
 def get_attr_tensor(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
     owner, _, name = attr_path(node).rpartition(".")
     return getattr(gm.get_submodule(owner) if owner else gm, name)

@@ -21,7 +21,7 @@ from torch import fx
 from lowbit.config import Mode, QuantConfig, QuantSpec
 from lowbit.core.granularity import GROUPED
 from lowbit.core.primitives import dynamic_qparams, fake_quantize
-from lowbit.graph.nodes import get_attr_tensor, module_name, set_attr_tensor
+from lowbit.graph.nodes import attr_uses, get_attr_tensor, module_name, set_attr_tensor
 from lowbit.graph.quantizers import WeightQuantizer
 
 aten = torch.ops.aten
@@ -43,14 +43,6 @@ class Group:
     linears: list[fx.Node]
     names: list[str]
     fold: Callable[[torch.Tensor], None]
-
-
-def _attr_uses(gm: fx.GraphModule) -> dict[str, int]:
-    uses: dict[str, int] = {}
-    for n in gm.graph.nodes:
-        if n.op == "get_attr":
-            uses[str(n.target)] = uses.get(str(n.target), 0) + len(n.users)
-    return uses
 
 
 def _own_attr(node, uses: dict[str, int]) -> bool:
@@ -120,7 +112,7 @@ def insert_muls(gm: fx.GraphModule, config: QuantConfig, after_activations: bool
     a pass sets it. This is the form NNCF's SmoothQuant takes: one float per-channel multiply before the
     activation quantizer, so the migration works on any producer. Outputs of activation functions (`ACTIVATIONS`:
     GELU, ReLU, SiLU, ...) get one only with `after_activations`. Returns how many were inserted."""
-    uses, count = _attr_uses(gm), 0
+    uses, count = attr_uses(gm), 0
     for src in list(gm.graph.nodes):
         if not after_activations and src.op == "call_function" and src.target in ACTIVATIONS:
             continue
@@ -145,7 +137,7 @@ def insert_muls(gm: fx.GraphModule, config: QuantConfig, after_activations: bool
 
 def find_groups(gm: fx.GraphModule, config: QuantConfig) -> dict[fx.Node, Group]:
     """Producer node -> Group, for producers whose every reader is a linear layer the config quantizes."""
-    uses = _attr_uses(gm)
+    uses = attr_uses(gm)
     groups: dict[fx.Node, Group] = {}
     for src in gm.graph.nodes:
         readers = list(src.users)

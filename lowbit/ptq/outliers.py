@@ -30,7 +30,7 @@ import logging
 import torch
 
 from lowbit.graph.bias import BiasQuantizer
-from lowbit.graph.nodes import get_attr_tensor, set_attr_tensor
+from lowbit.graph.nodes import attr_uses, get_attr_tensor, set_attr_tensor
 from lowbit.graph.quantized_model import QuantizedModel
 from lowbit.graph.quantizers import ActQuantizer, WeightQuantizer, make_estimator
 from lowbit.llm.smoothing import ACTIVATIONS
@@ -57,10 +57,7 @@ def outlier_channels(amax: torch.Tensor, ratio: float, max_channels: int) -> tor
 def _candidates(qmodel: QuantizedModel, layers: str) -> dict[str, list]:
     """Static per-tensor input quantizer -> the linear layers it feeds, where every such layer qualifies (a
     quantized linear matching `layers` whose weight is read by it alone)."""
-    uses: dict[str, int] = {}
-    for n in qmodel.graph_module.graph.nodes:
-        if n.op == "get_attr":
-            uses[str(n.target)] = uses.get(str(n.target), 0) + len(n.users)
+    uses = attr_uses(qmodel.graph_module)
     by_quantizer: dict[str, list] = {}
     for info in qmodel.layers.values():
         for q in info.input_quantizers:
@@ -139,25 +136,24 @@ def _split(qmodel: QuantizedModel, info, idx: torch.Tensor) -> None:
     w_attr = _weight_attr(qmodel, info)
     w = qmodel.weight_of(info).detach()
     tag = info.name.replace(".", "_")
-    set_attr_tensor(gm, f"lowbit_outlier_idx_{tag}", idx.clone())
     set_attr_tensor(gm, f"lowbit_outlier_w_{tag}", w[:, idx].T.contiguous())  # (k, out)
     kept = w.clone()
     kept[:, idx] = 0.0
     set_attr_tensor(gm, str(w_attr.target), kept)
     gm.get_submodule(info.weight_quantizer).set_qparams(kept)
-    anchor, made = lin, []
+    anchor = lin
 
     def add(make):
         nonlocal anchor
         with graph.inserting_after(anchor):
             anchor = make()
         anchor.meta.update({k: v for k, v in lin.meta.items() if k in ("nn_module_stack", "stack_trace")})
-        made.append(anchor)
         return anchor
 
     w_node = add(lambda: graph.get_attr(f"lowbit_outlier_w_{tag}"))
     producer = _activation_of_linear(qmodel, x)
     if producer is None:
+        set_attr_tensor(gm, f"lowbit_outlier_idx_{tag}", idx.clone())
         i_node = add(lambda: graph.get_attr(f"lowbit_outlier_idx_{tag}"))
         cols = add(lambda: graph.call_function(aten.index_select.default, (x, -1, i_node)))
     else:  # act(h W1^T + b1): recompute the k columns from h, leaving the fused linear + act + quantize alone

@@ -46,7 +46,7 @@ def smoothquant(gm: fx.GraphModule, batches, *, config: QuantConfig, progress=No
     used per group (named by its first layer). `explicit`: producers with nowhere to fold 1/s (BERT's LayerNorm,
     also read by the residual) get a per-channel multiply before their linears (`smoothing.insert_muls`);
     `after_activations` adds one after activation functions (GELU) too, which costs run time and measured worse
-    on MiniLM (cosine 0.9934 against 0.9956 without)."""
+    on MiniLM (PTQ table: cosine 0.9939 against 0.9958 without)."""
     if explicit:
         smoothing.insert_muls(gm, config, after_activations=after_activations)
     groups = smoothing.find_groups(gm, config)

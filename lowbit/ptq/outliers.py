@@ -134,7 +134,7 @@ def _split(qmodel: QuantizedModel, info, idx: torch.Tensor) -> None:
     qnode = lin.args[0]  # the input quantizer's call; its argument is the float input
     x = qnode.args[0]
     w_attr = _weight_attr(qmodel, info)
-    w = qmodel.weight_of(info).detach()
+    w = get_attr_tensor(gm, w_attr).detach()
     tag = info.name.replace(".", "_")
     set_attr_tensor(gm, f"lowbit_outlier_w_{tag}", w[:, idx].T.contiguous())  # (k, out)
     kept = w.clone()

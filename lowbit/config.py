@@ -50,7 +50,9 @@ class QuantSpec:
 class LayerRule:
     """Overrides for the layers whose name matches `pattern` (fnmatch glob) or whose module type name equals
     `module_type` (e.g. "Linear", "Conv2d"). `keep_float` leaves the layer unquantized. `weight` and
-    `activation`, when given, replace the config's specs for those layers."""
+    `activation`, when given, replace the config's specs for those layers. A rule that matches no layer is an
+    error (a mistyped name), unless `optional`: a layout rule for a kind of layer the model may not have (as
+    `lowbit.export.layout.deployable`'s float attention matmuls on a CNN)."""
 
     pattern: str | None = None
     module_type: str | None = None
@@ -58,6 +60,7 @@ class LayerRule:
     weight: QuantSpec | None = None
     activation: QuantSpec | None = None
     reason: str = ""
+    optional: bool = False
 
     def __post_init__(self) -> None:
         if self.pattern is None and self.module_type is None:
@@ -218,6 +221,7 @@ def _decode_config(d: dict) -> QuantConfig:
         LayerRule(
             r.get("pattern"), r.get("module_type"), r.get("keep_float", False),
             _decode_spec(r.get("weight")), _decode_spec(r.get("activation")), r.get("reason", ""),
+            r.get("optional", False),
         )
         for r in d.get("rules", [])
     )

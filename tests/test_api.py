@@ -80,6 +80,7 @@ def test_config_json_round_trip():
 
     cfg = preset("w4a16").with_rules(
         LayerRule(pattern="head*", keep_float=True, reason="x"),
+        LayerRule(module_type="matmul", keep_float=True, optional=True),
         LayerRule(module_type="Conv2d", weight=QuantSpec(get_qtype("int8"), PerChannel(0), estimator="mse")),
     )
     back = QuantConfig.from_json(cfg.to_json())

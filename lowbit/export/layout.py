@@ -49,7 +49,7 @@ def u8s8_saturates(flags: set[str] | None = None) -> bool:
 
 RUNTIMES = ("onnxruntime", "pt2e")
 PT2E_FLOAT_MATMULS = LayerRule(
-    module_type="matmul", keep_float=True,
+    module_type="matmul", keep_float=True, optional=True,
     reason="PT2E: torch.compile's x86 inductor lowers only conv and linear layers to int8 kernels; a quantized "
            "activation x activation matmul (attention) would run as quantize -> dequantize -> float matmul, "
            "rounding for no speed")

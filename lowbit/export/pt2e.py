@@ -6,8 +6,9 @@
 The program holds the QDQ form (`lowbit.export.qdq.to_qdq` with float biases): uint8 activations through
 `quantize_per_tensor -> dequantize_per_tensor`, int8 weight constants through `dequantize_per_channel`, the
 pattern torch.compile's x86 inductor backend matches and replaces with oneDNN's quantized convolution and linear
-kernels. Inductor needs `freezing` (weights as constants) for that lowering, and compiles once per input shape
-(the first call takes tens of seconds on a small CPU).
+kernels; zero padding before a conv is applied to the integer codes so that the conv reads a dequantize (the only
+form inductor lowers to an int8 conv). Inductor needs `freezing` (weights as constants) for that lowering, and
+compiles once per input shape (the first call takes tens of seconds on a small CPU).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from lowbit.graph.quantized_model import QuantizedModel
 
 def to_exported_program(qmodel: QuantizedModel, example_inputs: tuple, dynamic: bool = True):
     """The QDQ graph exported with torch.export (every input axis dynamic unless `dynamic=False`)."""
-    gm = to_qdq(qmodel, int_bias=False).eval()
+    gm = to_qdq(qmodel, int_bias=False, pad_codes=True).eval()
     # copies: a slice of a larger tensor would be saved with its whole storage by torch.export.save
     example_inputs = tuple(t.clone() for t in example_inputs)
     shapes = (tuple({i: torch.export.Dim.AUTO for i in range(t.dim())} for t in example_inputs)

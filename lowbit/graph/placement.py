@@ -35,9 +35,9 @@ OUTPUT_OPS = {
     aten.avg_pool2d.default: "pool", aten.max_pool2d.default: "pool", aten.mean.dim: "pool",
     aten.relu.default: "activation", aten.hardtanh.default: "activation", aten.gelu.default: "activation",
     aten.silu.default: "activation", aten.sigmoid.default: "activation", aten.tanh.default: "activation",
-    aten.hardswish.default: "activation", aten.layer_norm.default: "layer_norm",
+    aten.hardswish.default: "activation", aten.layer_norm.default: "layer_norm", aten.relu6.default: "activation",
 }
-CLAMPS = {aten.relu.default, aten.hardtanh.default}
+CLAMPS = {aten.relu.default, aten.hardtanh.default, aten.relu6.default}  # F.relu6 stays aten.relu6 in the capture
 # Ops that move values without changing them: a quantized value stays on its grid through them.
 PASS_THROUGH = {
     aten.view.default, aten.reshape.default, aten.transpose.int, aten.permute.default, aten.pad.default,
@@ -120,7 +120,7 @@ def _find_layers(gm: fx.GraphModule) -> dict[str, tuple[LayerInfo, fx.Node]]:
 def _check_rules(config: QuantConfig, layers: dict) -> None:
     names = list(layers)
     for rule in config.rules:
-        if not any(rule.matches(n, info.module_type) for n, (info, _) in layers.items()):
+        if not rule.optional and not any(rule.matches(n, info.module_type) for n, (info, _) in layers.items()):
             what = rule.pattern if rule.pattern is not None else f"module type {rule.module_type}"
             near = difflib.get_close_matches(rule.pattern or "", names, n=3) if rule.pattern else []
             types = sorted({i.module_type for i, _ in layers.values() if i.module_type})

@@ -97,6 +97,10 @@ def test_pt2e_layout_keeps_attention_matmuls_float_and_the_program_equals_simula
     program = to_exported_program(qm, (x, mask))
     with torch.no_grad():
         assert torch.allclose(program.module()(x, mask), qm(x, mask), atol=1e-5)
+    # a CNN has no matmul for the float-matmul rule to match: the PT2E layout still quantizes it (it raised before)
+    cnn = lowbit.quantize(trained_bn(TinyCNN()), images(2), deployable(lowbit.preset("w8a8"), TinyCNN(),
+                                                                       runtime="pt2e")[0])
+    assert not cnn.summary()["kept_float"] and all(i.weight_quantizer is not None for i in cnn.layers.values())
 
 
 def test_weight_only_int4_becomes_matmul_nbits(tmp_path):

@@ -46,6 +46,9 @@ def test_keep_float_rule_and_unmatched_rule():
     bad = preset("w8a8").with_rules(LayerRule(pattern="haed", keep_float=True))
     with pytest.raises(ValueError, match="matches no layer.*head"):
         quantize(trained_bn(TinyCNN()), images(), bad)
+    # a layout rule for a kind of layer this model lacks (the CNN has no matmul) is optional: no error, no effect
+    layout = preset("w8a8").with_rules(LayerRule(module_type="matmul", keep_float=True, optional=True))
+    assert not quantize(trained_bn(TinyCNN()), images(), layout).summary()["kept_float"]
 
 
 def test_module_type_rule_changes_bits():

@@ -8,6 +8,7 @@ from pathlib import Path
 from bench.markdown import replace_section as _replace
 from bench.markdown import split_heading
 from bench.results import runs_of
+from bench.verdict import verdict
 
 SECTION = "## Runtime comparison (fp32 and peers)"
 BYTES_PER_MB = 1e6
@@ -58,7 +59,10 @@ NOTES = """How the peers were run (details in bench/peers/*.py):
   torch.compile with inductor freezing (the global `torch._inductor.config.freezing` flag: the per-call
   `options={"freezing": True}` left oneDNN's int8 prepack unfolded and compilation failed). When the quantizer
   raises its IndexError on Linear+GELU (BERT), the row says so and the run retries with that one fusion
-  annotation skipped (Linears still int8, GELU in fp32).
+  annotation skipped (Linears still int8, GELU in fp32). The model is captured with `strict=True`: torch 2.13's
+  default non-strict export leaves `source_fn_stack` empty on a Conv2d subclass, and the quantizer, which finds
+  convolutions by it, then annotated 0 of EfficientNet-Lite0's 49 convs (an fp32 model: top-1 agreement 1, 1.01x).
+  The row's note counts the conv and linear nodes that read a dequantized input.
 - torchao dynamic int8 / int8 weight-only: `quantize_` on nn.Linear, run eagerly (compiling them took
   minutes per shape here); not run on the CNNs, whose only Linear is the classifier head.
 - NNCF 3.4 on the exported ONNX model (installed beside torch 2.13 by `make bench-setup`), run by onnxruntime.
@@ -181,8 +185,8 @@ def section_text(results: list[dict]) -> str:
     for result in sorted(results, key=lambda r: MODEL_ORDER.index(r["model"]) if r["model"] in MODEL_ORDER else 99):
         caveat = f" **Caveat:** {result['caveat']}" if result.get("caveat") else ""
         text = f"{runs_text(result)}  \n{result['setup']}{caveat}"
-        pairs = pair_notes(result)
-        parts += ["", f"### {result['model']}", "", text, "", model_table(result)] + (["", pairs] if pairs else [])
+        after = [t for t in (pair_notes(result), verdict(result)) if t]
+        parts += ["", f"### {result['model']}", "", text, "", model_table(result)] + [x for t in after for x in ("", t)]
     return "\n".join(parts) + "\n"
 
 

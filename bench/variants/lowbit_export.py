@@ -6,6 +6,9 @@
 - lowbit-int8-pt2e: the same recipe in PT2E's layout (attention matmuls float: inductor has no int8 kernel for
   them), lowered to PT2E's ExportedProgram and compiled by torch.compile's x86 inductor backend (oneDNN int8
   kernels);
+- lowbit-int8-pt2e-sq (transformers): the same without the outlier channels pass, lowbit's speed-first recipe: the
+  float side products cost about 7% at batch 32 and 14% at batch 1 in PT2E (BENCHMARKS.md, "SmoothQuant's explicit
+  multiplies in PT2E"), and buy cosine 0.9959 -> 0.9984 on MiniLM;
 - lowbit-w4a16-ort: SmolLM2's weight-only int4 per-group model as onnxruntime's MatMulNBits.
 Embedding tables are quantized too (int8 per row; SmolLM2's tied table is gathered from its LM head's int4 codes
 with GatherBlockQuantized), so the files hold no float table.
@@ -63,10 +66,11 @@ def repaired_dynamic(config: QuantConfig, model: torch.nn.Module, calib) -> tupl
 
 
 def quantize_deployable(task, calib, name: str = "w8a8", embeddings: bool = True, repair: bool = True,
-                        runtime: str = "onnxruntime"):
+                        runtime: str = "onnxruntime", outliers: bool = True):
     """(QuantizedModel, seconds, notes) for the task's model in the deployable layout of this CPU and `runtime`
     (`lowbit.export.layout.deployable`). `embeddings`: embedding tables as int8 per-row codes (a tied table: its LM
-    head's codes), where the model has any. `repair`: static int8 models get the recipe of `repaired`."""
+    head's codes), where the model has any. `repair`: static int8 models get the recipe of `repaired`;
+    `outliers=False` drops its outlier_channels pass (lowbit-int8-pt2e-sq)."""
     import lowbit
     from lowbit.export.layout import deployable
 
@@ -76,6 +80,9 @@ def quantize_deployable(task, calib, name: str = "w8a8", embeddings: bool = True
     config, notes = deployable(config, task.model, runtime=runtime)
     if repair and config.mode is Mode.STATIC and config.activation is not None:
         config, why = repaired(config, task.model)
+        if not outliers:
+            config = replace(config, passes=tuple(p for p in config.passes if p.name != "outlier_channels"))
+            why = why.replace("; outlier input channels in float", "; outlier channels not moved (speed first)")
         notes.append(why)
     elif repair and config.mode is Mode.DYNAMIC:
         config, why = repaired_dynamic(config, task.model, calib)
@@ -164,11 +171,24 @@ def build_w4a16_ort(task, calib, workdir: Path) -> Built:
 def build_int8_pt2e(task, calib, workdir: Path) -> Built:
     if task.name == "smollm2":
         raise NotApplicable(LLM_NO_COMPILE)
+    return _pt2e_variant(task, calib, workdir, "lowbit-int8.pt2", outliers=True)
+
+
+@register_variant("lowbit-int8-pt2e-sq", family="lowbit", baseline="fp32-compile", isolated=False,
+                  description="lowbit W8A8 static, speed first: SmoothQuant without outlier channels, PT2E")
+def build_int8_pt2e_sq(task, calib, workdir: Path) -> Built:
+    if task.name != "minilm":
+        raise NotApplicable("the speed-first recipe differs from lowbit-int8-pt2e only for transformers with the "
+                            "outlier_channels pass (MiniLM)")
+    return _pt2e_variant(task, calib, workdir, "lowbit-int8-sq.pt2", outliers=False)
+
+
+def _pt2e_variant(task, calib, workdir: Path, filename: str, outliers: bool) -> Built:
     from lowbit.export.pt2e import to_exported_program
 
-    qmodel, seconds, notes = quantize_deployable(task, calib, runtime="pt2e")
+    qmodel, seconds, notes = quantize_deployable(task, calib, runtime="pt2e", outliers=outliers)
     program = to_exported_program(qmodel, export_inputs(task))  # dynamic axes; compiled per shape
-    path = workdir / "lowbit-int8.pt2"
+    path = workdir / filename
     torch.export.save(program, str(path))
     runner = compiled_runner(program.module(), len(task.eval[0][0]))
     run = runner(1)

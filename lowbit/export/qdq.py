@@ -8,11 +8,12 @@ This is the one deployable representation both runtimes consume:
 - weights: integer codes stored as an int8 constant (not float) followed by `dequantize_per_channel` or
   `dequantize_per_tensor` (an int8 initializer plus DequantizeLinear in ONNX); the codes are those of the
   quantizer's cached weight, so learned rounding (AdaRound, GPTQ) is exported as simulated;
-- for PT2E (`pad_codes`), zero padding next to an activation quantizer (EfficientNet's "same" padding before its
-  depthwise convs) is applied to the integer codes with the zero point as its value (`_pad_codes`): the same
-  numbers, and the conv then reads a dequantize directly, the only form inductor lowers to an int8 conv.
-  onnxruntime needs no such help: it folds DQ -> Pad -> Conv into QLinearConv's own padding, and a separate uint8
-  Pad there measured slower (EfficientNet-Lite0, batch 32: 182 against 160 ms);
+- zero padding next to an activation quantizer sits where each runtime fuses it (`_place_pads`, exact either way:
+  code zero_point is 0.0, and 0.0 quantizes to zero_point). onnxruntime folds DQ -> Pad -> Conv into QLinearConv's
+  own padding, so a pad before a quantizer (the stem's, on the model input) moves after its dequantize; a separate
+  uint8 Pad there measured slower (EfficientNet-Lite0, batch 32: 182 against 160 ms). Inductor lowers a conv to
+  int8 only when it reads a dequantize, so for PT2E (`pad_codes`) pads apply to the integer codes, with the zero
+  point as value (EfficientNet's depthwise convs: 33 -> 49 of 49 convs int8);
 - quantized embedding tables: integer codes gathered, then only the gathered rows dequantized (`export/gather.py`);
 - biases of quantized conv/linear layers whose input and weight are quantized: int32 codes at scale
   s_x * s_w[c] (what an integer kernel adds to its int32 accumulator), dequantized the same way. onnxruntime fuses
@@ -66,7 +67,7 @@ def to_qdq(qmodel: QuantizedModel, int_bias: bool = True, nbits: bool = False,
            pad_codes: bool = False) -> fx.GraphModule:
     """A copy of the model's graph with quantizers replaced by decomposed quantize/dequantize ops.
     `int_bias`: biases as int32 codes (onnxruntime's fusion needs them); PT2E keeps them float.
-    `pad_codes`: zero padding applied to the integer codes (`_pad_codes`; PT2E).
+    `pad_codes`: zero padding applied to the integer codes (PT2E) instead of after the dequantize (`_place_pads`).
     `nbits`: weight-only per-group linear layers become `lowbit::matmul_nbits` (MatMulNBits in ONNX)."""
     qmodel.prepare_weights()
     fit_int32_biases(qmodel)  # after QAT or a pass that moved scales since quantize()
@@ -89,8 +90,7 @@ def to_qdq(qmodel: QuantizedModel, int_bias: bool = True, nbits: bool = False,
             elif not (nbits and _replace_nbits(gm, node, mod)):
                 _replace_weight(gm, node, mod)
     _quantize_biases(gm, qmodel, as_int32=int_bias)
-    if pad_codes:
-        _pad_codes(gm)
+    _place_pads(gm, codes=pad_codes)
     for name, mod in list(gm.named_children()):
         if isinstance(mod, (ActQuantizer, WeightQuantizer, BiasQuantizer)):
             delattr(gm, name)
@@ -155,32 +155,39 @@ def _zero_pad(node: fx.Node) -> bool:
     return mode == "constant" and not value
 
 
-def _pad_codes(gm: fx.GraphModule) -> None:
-    """Zero padding moved to the integer side of an adjacent activation quantizer:
-    dequantize(c) -> pad(0) becomes pad(c, zero_point) -> dequantize, and pad(0) -> quantize becomes
-    quantize -> pad(zero_point). Exact: code zero_point is 0.0 and 0.0 quantizes to zero_point. Without it a conv
-    after the pad reads a float tensor, which inductor's int8 conv pattern does not match: EfficientNet-Lite0's 16
-    padded depthwise convs ran in float, 49 of 49 convs int8 with it (batch 32, 1 thread: about 400 -> 200 ms)."""
+def _place_pads(gm: fx.GraphModule, codes: bool) -> None:
+    """Zero padding moved across an adjacent activation quantizer (exact: code zero_point is 0.0, and 0.0 quantizes
+    to zero_point). `codes` (PT2E): dequantize(c) -> pad(0) becomes pad(c, zero_point) -> dequantize, and
+    pad(0) -> quantize becomes quantize -> pad(zero_point): a conv after the pad then reads a dequantize, which
+    inductor's int8 conv pattern needs (EfficientNet-Lite0's 16 padded depthwise convs ran in float without it).
+    Otherwise (onnxruntime): pad(0) -> quantize -> dequantize becomes quantize -> dequantize -> pad(0), the
+    DQ -> Pad -> Conv that onnxruntime folds into QLinearConv (the model input's pad cost 3.6 ms of 162 at batch 32)."""
     for node in list(gm.graph.nodes):
         if not _zero_pad(node):
             continue
         src, users = node.args[0], list(node.users)
-        if isinstance(src, fx.Node) and src.target == QDQ[1]:
-            codes, args = src.args[0], src.args[1:]
+        if codes and isinstance(src, fx.Node) and src.target == QDQ[1]:
+            args = src.args[1:]
             with gm.graph.inserting_after(node):
-                padded = gm.graph.call_function(PAD, (codes, node.args[1], "constant", float(args[1])))
+                padded = gm.graph.call_function(PAD, (src.args[0], node.args[1], "constant", float(args[1])))
             with gm.graph.inserting_after(padded):
                 dq = gm.graph.call_function(QDQ[1], (padded, *args))
             node.replace_all_uses_with(dq)
             gm.graph.erase_node(node)
-        elif len(users) == 1 and users[0].target == QDQ[0]:
+        elif len(users) == 1 and users[0].target == QDQ[0] and (codes or all(
+                u.target == QDQ[1] for u in users[0].users)):
             q = users[0]
             q.replace_input_with(node, node.args[0])
-            with gm.graph.inserting_after(q):
-                padded = gm.graph.call_function(PAD, (q, node.args[1], "constant", float(q.args[2])))
-            for user in list(q.users):
-                if user is not padded:
-                    user.replace_input_with(q, padded)
+            after = [q] if codes else list(q.users)
+            for at in after:
+                value = float(q.args[2]) if codes else 0.0
+                with gm.graph.inserting_after(at):
+                    padded = gm.graph.call_function(PAD, (at, node.args[1], "constant", value))
+                for user in list(at.users):
+                    if user is not padded:
+                        user.replace_input_with(at, padded)
+                if "lowbit_quantizer" in at.meta:  # the simulated quantizer's value is the padded one
+                    padded.meta["lowbit_quantizer"] = at.meta.pop("lowbit_quantizer")
             gm.graph.erase_node(node)
 
 

@@ -1,0 +1,146 @@
+"""What a runtime table says, computed from its rows: lowbit's faster runtime per setting, peers that beat lowbit at
+equal or better fidelity, size against fp32, and issue 5's speed targets, met or missed with the figures.
+
+The sentences are written under each model's table by `bench/report.py`; nothing here is typed by hand but the
+targets themselves (issue 5's list, item 8). Where a partial re-run was merged into a table, rows are compared only
+with rows of the same run (`run`), as the table's ratios are.
+"""
+
+from __future__ import annotations
+
+# model -> (speed-up, over which fp32 rows, metric, least value): issue 5, item 8
+TARGETS = {
+    "efficientnet-lite0": (2.5, "the fastest fp32 row", "top1_agreement", 0.99),
+    "minilm": (2.5, "fp32-compile", "cosine", 0.998),
+}
+DIAGNOSTIC = ("-emulated",)  # peer rows that are not deployments (same file without int8 kernels)
+
+
+def _ms(row: dict, key: str) -> float | None:
+    cell = (row.get("latency") or {}).get(key) or {}
+    return cell.get("median_ms")
+
+
+def _ok(rows: list[dict], family: str | None = None) -> list[dict]:
+    return [r for r in rows if r.get("status") == "ok" and (family is None or r.get("family") == family)
+            and not any(r["name"].endswith(d) for d in DIAGNOSTIC)]
+
+
+def _run(rows: list[dict], of: dict) -> list[dict]:
+    """The rows measured in the same run as `of`."""
+    return [r for r in rows if r.get("run", 0) == of.get("run", 0)]
+
+
+def _at_least(value: float, bound: float, higher_is_better: bool) -> bool:
+    return value >= bound if higher_is_better else value <= bound
+
+
+def _fastest(rows: list[dict], key: str) -> dict | None:
+    timed = [r for r in rows if _ms(r, key) is not None]
+    return min(timed, key=lambda r: _ms(r, key)) if timed else None
+
+
+def runtime_pick(result: dict) -> str:
+    """lowbit's fastest row at each latency setting and its speed-up over the fastest fp32 row of the run."""
+    rows, parts = result["variants"], []
+    for key in _keys(result):
+        best = _fastest(_ok(rows, "lowbit"), key)
+        if best is None:
+            continue
+        fp32 = _fastest(_run(_ok(rows, "fp32"), best), key)
+        text = f"{key} `{best['name']}` {_ms(best, key):.3g} ms"
+        if fp32 is not None:
+            text += f" ({_ms(fp32, key) / _ms(best, key):.2f}x over `{fp32['name']}` {_ms(fp32, key):.3g})"
+        parts.append(text)
+    return ("lowbit's faster runtime per setting (fastest lowbit row; speed-up over the fastest fp32 row): "
+            + "; ".join(parts) + ".") if parts else ""
+
+
+def peers_ahead(result: dict) -> str:
+    """Peer rows faster than every lowbit row of equal or better fidelity (setting by setting), and peer rows more
+    faithful than every lowbit row."""
+    metric, higher = result["primary_metric"], result.get("higher_is_better", True)
+    rows = result["variants"]
+    lowbit = [r for r in _ok(rows, "lowbit") if metric in (r.get("metrics") or {})]
+    if not lowbit:
+        return ""
+    top = max(lowbit, key=lambda r: r["metrics"][metric] * (1 if higher else -1))
+    ahead, beyond = [], []
+    for peer in _ok(rows, "peer"):
+        p_m = (peer.get("metrics") or {}).get(metric)
+        if p_m is None:
+            continue
+        rivals = [r for r in _run(lowbit, peer) if _at_least(r["metrics"][metric], p_m, higher)]
+        if not any(_at_least(r["metrics"][metric], p_m, higher) for r in lowbit):
+            beyond.append(f"`{peer['name']}` {p_m:.4g}")
+            continue
+        lost = []
+        for key in _keys(result):
+            best, p_ms = _fastest(rivals, key), _ms(peer, key)
+            if p_ms is not None and best is not None and _ms(best, key) > p_ms:
+                lost.append(f"{key} {p_ms:.3g} against `{best['name']}` {_ms(best, key):.3g} ms "
+                            f"(+{_ms(best, key) / p_ms - 1:.0%})")
+        if lost:
+            ahead.append(f"`{peer['name']}` ({metric} {p_m:.4g}): " + ", ".join(lost))
+    text = ("Peer rows faster than every lowbit row of equal or better " + metric + ": " + "; ".join(ahead) + "."
+            ) if ahead else f"No peer row is faster than lowbit at equal or better {metric} in any setting."
+    if beyond:
+        text += (f" More faithful than every lowbit row (best: `{top['name']}` {top['metrics'][metric]:.4g}): "
+                 + ", ".join(beyond) + ".")
+    return text
+
+
+def size_ratio(result: dict) -> str:
+    rows = {r["name"]: r for r in _ok(result["variants"])}
+    fp32 = rows.get("fp32-ort") or rows.get("fp32-torch")
+    if not fp32 or not fp32.get("size_bytes"):
+        return ""
+    parts = [f"`{n}` {r['size_bytes'] / fp32['size_bytes']:.2f}" for n, r in rows.items()
+             if r.get("family") == "lowbit" and r.get("size_bytes")]
+    return f"Size against `{fp32['name']}`: " + ", ".join(parts) + "." if parts else ""
+
+
+def target(result: dict) -> str:
+    """Issue 5's speed target for this model at the largest batch, 1 and 2 threads: met or missed, with figures."""
+    if result["model"] not in TARGETS:
+        return ""
+    speedup, over, metric, least = TARGETS[result["model"]]
+    rows, higher = result["variants"], result.get("higher_is_better", True)
+    faithful = [r for r in _ok(rows, "lowbit") if _at_least((r.get("metrics") or {}).get(metric, float("nan")),
+                                                                least, higher)]
+    parts = []
+    for key in [k for k in _keys(result) if k.startswith(f"b{max(result['batches'])} ")]:
+        def base_of(row: dict, key: str = key) -> dict | None:
+            fp32 = _run(_ok(rows, "fp32"), row)
+            return _fastest(fp32, key) if over.startswith("the fastest") else \
+                next((r for r in fp32 if r["name"] == over), None)
+
+        ratio = {id(r): _ms(base_of(r), key) / _ms(r, key) for r in _ok(rows, "lowbit")
+                 if _ms(r, key) and base_of(r) is not None and _ms(base_of(r), key)}
+        if not ratio:
+            continue
+        best_any = max((r for r in _ok(rows, "lowbit") if id(r) in ratio), key=lambda r: ratio[id(r)])
+        timed = [r for r in faithful if id(r) in ratio]
+        best = max(timed, key=lambda r: ratio[id(r)]) if timed else None
+        base = base_of(best or best_any)
+        if best is not None and ratio[id(best)] >= speedup:
+            parts.append(f"{key} met: `{best['name']}` {ratio[id(best)]:.2f}x over "
+                         f"`{base['name']}` at {metric} {best['metrics'][metric]:.4g}")
+            continue
+        why = f"no lowbit row reaches {metric} {least}" if best is None else \
+            f"`{best['name']}` {ratio[id(best)]:.2f}x at {metric} {best['metrics'][metric]:.4g}"
+        if best_any is not best:
+            m = (best_any.get("metrics") or {}).get(metric)
+            why += (f"; largest lowbit speed-up `{best_any['name']}` {ratio[id(best_any)]:.2f}x"
+                    + (f" at {metric} {m:.4g}" if m is not None else ""))
+        parts.append(f"{key} missed ({why})")
+    return (f"Issue 5 target, {speedup}x over {over} at batch {max(result['batches'])} with {metric} >= {least}: "
+            + "; ".join(parts) + ".") if parts else ""
+
+
+def _keys(result: dict) -> list[str]:
+    return [f"b{b} t{t}" for t in result["threads"] for b in result["batches"]]
+
+
+def verdict(result: dict) -> str:
+    return " ".join(filter(None, [runtime_pick(result), target(result), peers_ahead(result), size_ratio(result)]))

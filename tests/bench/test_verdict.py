@@ -22,7 +22,8 @@ def test_pick_target_and_peers_from_the_rows():
             row("ort-static-minmax", "peer", 180.0, 0.84), row("ort-static-minmax-emulated", "peer", 1.0, 0.84),
             row("torchao-pt2e-static", "peer", 140.0, 0.95)]
     result = table(rows)
-    assert "b32 t1 `lowbit-int8-pt2e` 150 ms (2.67x over `fp32-ort` 400)" in runtime_pick(result)
+    rows[3]["baseline"], rows[3]["latency"]["b32 t1"]["speedup_vs_baseline"] = "fp32-compile", 6.0
+    assert "b32 t1 `lowbit-int8-pt2e` 150 ms (6.00x over `fp32-compile`)" in runtime_pick(result)
     # 2.67x, but no lowbit row reaches 0.99: missed, with the fastest row's figures
     assert ("b32 t1 missed (no lowbit row reaches top1_agreement 0.99; largest lowbit speed-up "
             "`lowbit-int8-pt2e` 2.67x") in target(result)
@@ -55,11 +56,13 @@ def test_rows_of_a_merged_rerun_are_compared_within_their_run():
                                                               "run": 1},
             {**row("ort-static-minmax", "peer", 160.0, 0.84), "run": 1}]
     result = table(rows)
-    # pt2e is the fastest lowbit row; its speed-up is over run 1's fp32 (300), not run 0's (400)
-    assert "b32 t1 `lowbit-int8-pt2e` 150 ms (2.00x over `fp32-ort` 300)" in runtime_pick(result)
-    # run 0's 2.00x and run 1's 2.00x: the message names the row with the larger speed-up of its own run
-    assert "2.00x" in target(result)
+    # each row's speed-up is over its own run's fp32 row: run 0's 2.00x (400/200) and run 1's 2.00x (300/150)
+    assert "2.00x" in target(result) and "2.67x" not in target(result) and "1.50x" not in target(result)
     assert "No peer row is faster" in peers_ahead(result)  # 160 ms is slower than run 1's lowbit row
     rows[4]["run"] = 0  # the same peer in run 0 beats run 0's lowbit row (200 ms)
     assert "`ort-static-minmax` (top1_agreement 0.84): b32 t1 160 against `lowbit-int8-ort` 200 ms" \
         in peers_ahead(result)
+    del rows[2]  # run 1's fp32 row gone (a later re-run replaced it): run 0's stands in, and the sentence says so
+    for r in rows:
+        r["metrics"]["top1_agreement"] = 0.995
+    assert "met: `lowbit-int8-pt2e` 2.67x over `fp32-ort` of run 0" in target(result)

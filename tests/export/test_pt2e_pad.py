@@ -44,6 +44,9 @@ def test_pads_move_to_the_codes_for_pt2e_and_change_no_value():
     assert all(c.args[0].target == QDQ[1] for c in convs)  # every conv reads a dequantize
     # onnxruntime's form: each pad reads a dequantize (the input's pad moved after its quantize -> dequantize)
     assert [n.args[0].target for n in plain.graph.nodes if n.target is PAD] == [QDQ[1], QDQ[1]]
+    # the input quantizer's value (padded, as in the simulation) is now the pad's: bench/parity.py reads it there
+    tagged = [n.target for n in plain.graph.nodes if "lowbit_quantizer" in n.meta and n.target in (PAD, QDQ[1])]
+    assert tagged[0] is PAD and PAD not in tagged[1:]
     with torch.no_grad():
         assert torch.equal(padded(x), plain(x))
         assert torch.allclose(to_exported_program(qm, (x,)).module()(x), qm(x), atol=1e-5)

@@ -68,6 +68,12 @@ def _deployed_fp32(rows: list[dict], row: dict) -> list[dict]:
     return same + [r for r in _ok(rows, "fp32") if r["name"] in FP32_DEPLOYED and r["name"] not in have]
 
 
+def _base(rows: list[dict], row: dict, key: str, over: str) -> dict | None:
+    """The fp32 row a target measures `row` against: the faster deployed fp32 row, or the one named `over`."""
+    fp32 = _deployed_fp32(rows, row)
+    return _fastest(fp32, key) if over.startswith("the faster") else next((r for r in fp32 if r["name"] == over), None)
+
+
 def peers_ahead(result: dict) -> str:
     """Peer rows faster than every lowbit row of equal or better fidelity (setting by setting), and peer rows more
     faithful than every lowbit row."""
@@ -82,8 +88,9 @@ def peers_ahead(result: dict) -> str:
         p_m = (peer.get("metrics") or {}).get(metric)
         if p_m is None:
             continue
-        rivals = [r for r in _run(lowbit, peer) if _at_least(r["metrics"][metric], p_m, higher)]
-        if not any(_at_least(r["metrics"][metric], p_m, higher) for r in lowbit):
+        faithful = [r for r in lowbit if _at_least(r["metrics"][metric], p_m, higher)]
+        rivals = _run(faithful, peer)
+        if not faithful:
             beyond.append(f"`{peer['name']}` {p_m:.4g}")
             continue
         lost = []
@@ -121,20 +128,17 @@ def target(result: dict) -> str:
     faithful = [r for r in _ok(rows, "lowbit") if _at_least((r.get("metrics") or {}).get(metric, float("nan")),
                                                                 least, higher)]
     parts = []
+    lowbit = _ok(rows, "lowbit")
     for key in [k for k in _keys(result) if k.startswith(f"b{max(result['batches'])} ")]:
-        def base_of(row: dict, key: str = key) -> dict | None:
-            fp32 = _deployed_fp32(rows, row)
-            return _fastest(fp32, key) if over.startswith("the faster") else \
-                next((r for r in fp32 if r["name"] == over), None)
-
-        ratio = {id(r): _ms(base_of(r), key) / _ms(r, key) for r in _ok(rows, "lowbit")
-                 if _ms(r, key) and base_of(r) is not None and _ms(base_of(r), key)}
+        bases = {id(r): _base(rows, r, key, over) for r in lowbit}
+        ratio = {id(r): _ms(bases[id(r)], key) / _ms(r, key) for r in lowbit
+                 if _ms(r, key) and bases[id(r)] is not None and _ms(bases[id(r)], key)}
         if not ratio:
             continue
-        best_any = max((r for r in _ok(rows, "lowbit") if id(r) in ratio), key=lambda r: ratio[id(r)])
+        best_any = max((r for r in lowbit if id(r) in ratio), key=lambda r: ratio[id(r)])
         timed = [r for r in faithful if id(r) in ratio]
         best = max(timed, key=lambda r: ratio[id(r)]) if timed else None
-        base = base_of(best or best_any)
+        base = bases[id(best or best_any)]
         run_note = f" of run {base.get('run', 0)}" if base.get("run", 0) != (best or best_any).get("run", 0) else ""
         if best is not None and ratio[id(best)] >= speedup:
             parts.append(f"{key} met: `{best['name']}` {ratio[id(best)]:.2f}x over "

@@ -33,19 +33,22 @@ ESTIMATOR = "mse"
 PARITY_ROWS = 8
 
 
-def repaired(config: QuantConfig, model: torch.nn.Module) -> tuple[QuantConfig, str]:
+def repaired(config: QuantConfig, model: torch.nn.Module, outliers: bool = True) -> tuple[QuantConfig, str]:
     """lowbit's best static int8 recipe per kind of model, measured in bench/ptq.py (BENCHMARKS.md, PTQ table):
     convolutional nets: EasyQuant scales then empirical bias correction (EfficientNet-Lite0 top-1 agreement
     0.84 -> 0.93 in the deployable layout); transformers: SmoothQuant alpha 0.8 through explicit per-channel
     multiplies after the LayerNorms and attention outputs, none after GELU (MiniLM cosine 0.9925 -> 0.9958; with
     the GELU outputs too 0.9939, and 15 ms slower in PT2E), then the outlier input channels of FFN-down in float
-    (`outlier_channels`: one or two channels in 6 of MiniLM's FFN-down inputs, PT2E cosine 0.9958 -> 0.9983)."""
+    (`outlier_channels`: one or two channels in 6 of MiniLM's FFN-down inputs, PT2E cosine 0.9958 -> 0.9983);
+    `outliers=False` leaves that pass out (the speed-first recipe, lowbit-int8-pt2e-sq)."""
     if any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules()):
         return (replace(config, calibration="easyquant", passes=config.passes + (PassSpec("bias_correction"),)),
                 "EasyQuant scales + bias correction")
     smooth = PassSpec("smoothquant", (("alpha", 0.8), ("explicit", True)))
-    why = "SmoothQuant alpha 0.8 (explicit multiplies, none after GELU); outlier input channels in float"
-    return replace(config, passes=(smooth, *config.passes, PassSpec("outlier_channels"))), why
+    why = "SmoothQuant alpha 0.8 (explicit multiplies, none after GELU); " + (
+        "outlier input channels in float" if outliers else "outlier channels not moved (speed first)")
+    extra = (PassSpec("outlier_channels"),) if outliers else ()
+    return replace(config, passes=(smooth, *config.passes, *extra)), why
 
 
 def repaired_dynamic(config: QuantConfig, model: torch.nn.Module, calib) -> tuple[QuantConfig, str]:
@@ -69,8 +72,8 @@ def quantize_deployable(task, calib, name: str = "w8a8", embeddings: bool = True
                         runtime: str = "onnxruntime", outliers: bool = True):
     """(QuantizedModel, seconds, notes) for the task's model in the deployable layout of this CPU and `runtime`
     (`lowbit.export.layout.deployable`). `embeddings`: embedding tables as int8 per-row codes (a tied table: its LM
-    head's codes), where the model has any. `repair`: static int8 models get the recipe of `repaired`;
-    `outliers=False` drops its outlier_channels pass (lowbit-int8-pt2e-sq)."""
+    head's codes), where the model has any. `repair`: static int8 models get the recipe of `repaired` (`outliers`:
+    with its outlier_channels pass)."""
     import lowbit
     from lowbit.export.layout import deployable
 
@@ -79,10 +82,7 @@ def quantize_deployable(task, calib, name: str = "w8a8", embeddings: bool = True
         config = replace(config, activation=replace(config.activation, estimator=ESTIMATOR))
     config, notes = deployable(config, task.model, runtime=runtime)
     if repair and config.mode is Mode.STATIC and config.activation is not None:
-        config, why = repaired(config, task.model)
-        if not outliers:
-            config = replace(config, passes=tuple(p for p in config.passes if p.name != "outlier_channels"))
-            why = why.replace("; outlier input channels in float", "; outlier channels not moved (speed first)")
+        config, why = repaired(config, task.model, outliers)
         notes.append(why)
     elif repair and config.mode is Mode.DYNAMIC:
         config, why = repaired_dynamic(config, task.model, calib)

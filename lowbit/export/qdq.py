@@ -178,9 +178,8 @@ def _place_pads(gm: fx.GraphModule, codes: bool) -> None:
                 u.target == QDQ[1] for u in users[0].users)):
             q = users[0]
             q.replace_input_with(node, node.args[0])
-            after = [q] if codes else list(q.users)
+            after, value = ([q], float(q.args[2])) if codes else (list(q.users), 0.0)
             for at in after:
-                value = float(q.args[2]) if codes else 0.0
                 with gm.graph.inserting_after(at):
                     padded = gm.graph.call_function(PAD, (at, node.args[1], "constant", value))
                 for user in list(at.users):

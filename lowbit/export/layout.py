@@ -74,7 +74,8 @@ def deployable(config: QuantConfig, model: torch.nn.Module | None = None,
         return config, notes
     if runtime == "pt2e" and config.mode is Mode.STATIC:
         config = config.with_rules(PT2E_FLOAT_MATMULS)
-        notes.append("attention matmuls float: torch.compile's int8 lowering covers conv and linear only")
+        notes.append("attention matmuls float, where the model has them: torch.compile's int8 lowering covers conv "
+                     "and linear only")
     if config.mode is Mode.DYNAMIC:
         a = config.activation
         if not (isinstance(a.granularity, PerTensor) and a.qtype == UINT8 and not a.symmetric):
@@ -85,7 +86,9 @@ def deployable(config: QuantConfig, model: torch.nn.Module | None = None,
     has_conv = model is None or any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
     if has_conv and not config.fully_quantized:
         config = replace(config, fully_quantized=True)
-        notes.append("fully quantized: a quantizer after every conv so that onnxruntime runs QLinearConv")
+        kernel = "onnxruntime runs QLinearConv" if runtime == "onnxruntime" else "inductor lowers each conv with " \
+            "its requantization to one oneDNN int8 conv"
+        notes.append(f"fully quantized: a quantizer after every conv so that {kernel}")
     return _weights(config, model, saturating, notes)
 
 

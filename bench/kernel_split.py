@@ -81,7 +81,9 @@ def profile(path: Path, task, batch: tuple, runs: int, work: Path) -> dict[str, 
     return dict(out)
 
 
-def measure(name: str, runs: int, work: Path) -> dict:
+def exports(name: str, work: Path, fp32: bool = True):
+    """(task, one batch of BATCH evaluation rows, {"fp32": path, "int8": path}): the zoo model's fp32 ONNX and
+    lowbit's int8 export in the deployable layout (mse ranges, no accuracy recipe)."""
     import lowbit.zoo
     from bench.onnx_io import ONNX_OUTPUT_PREFIX, dynamic_shapes, export_fp32, export_inputs
     from bench.variants.lowbit_export import quantize_deployable
@@ -92,10 +94,15 @@ def measure(name: str, runs: int, work: Path) -> dict:
     batch = tuple(torch.cat([b[i] for b in task.eval])[:BATCH] for i in range(len(task.eval[0])))
     work.mkdir(parents=True, exist_ok=True)
     qmodel, _, _ = quantize_deployable(task, task.calib, "w8a8", repair=False)
-    files = {"fp32": export_fp32(task, work),
-             "int8": to_onnx(qmodel, export_inputs(task), work / "int8.onnx", input_names=list(task.input_names),
-                             output_names=[ONNX_OUTPUT_PREFIX + n for n in task.output_names],
-                             dynamic_shapes=dynamic_shapes(task))}
+    files = {"fp32": export_fp32(task, work)} if fp32 else {}
+    files["int8"] = to_onnx(qmodel, export_inputs(task), work / "int8.onnx", input_names=list(task.input_names),
+                            output_names=[ONNX_OUTPUT_PREFIX + n for n in task.output_names],
+                            dynamic_shapes=dynamic_shapes(task))
+    return task, batch, files
+
+
+def measure(name: str, runs: int, work: Path) -> dict:
+    task, batch, files = exports(name, work)
     out = {label: profile(path, task, batch, runs, work) for label, path in files.items()}
     print(name, json.dumps(out), flush=True)
     return out

@@ -8,7 +8,9 @@ handle a task raises `NotApplicable(reason)`; the runner then writes a row with 
 
 from __future__ import annotations
 
+import datetime
 import importlib
+import os
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,3 +131,11 @@ def torch_runner(module: Callable[..., torch.Tensor]) -> Callable[[int], Runner]
         return run
 
     return make
+
+
+def provenance(command: str) -> list[str]:
+    """A benchmark section's first two lines: the command, then the date, the CPU and its flags and the load."""
+    cpu = cpu_flags()
+    return [f"Command: `{command}`  ",
+            f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; CPU: {cpu['model']}, flags "
+            f"{', '.join(cpu['flags'])}; load average at the end {os.getloadavg()[0]:.1f}.  "]

@@ -19,7 +19,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import cpu_flags  # noqa: E402
+from bench.common import provenance  # noqa: E402
 from bench.markdown import write_section  # noqa: E402
 
 SECTION = "## Where onnxruntime spends its time (fp32 against int8, by kernel kind)"
@@ -118,10 +117,7 @@ def main() -> None:
     command = "python bench/kernel_split.py " + " ".join(sys.argv[1:])
     (ROOT / "results" / "kernel-split.json").write_text(json.dumps({"command": command, "models": results},
                                                                    indent=1))
-    cpu = cpu_flags()
-    lines = [f"Command: `{command}`  ",
-             f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; CPU: {cpu['model']}, flags "
-             f"{', '.join(cpu['flags'])}; load average at the end {os.getloadavg()[0]:.1f}.  ",
+    lines = [*provenance(command),
              f"onnxruntime's profile (1 thread, batch {BATCH}, mean of {args.runs} runs after a warm-up; profiling "
              "adds a little to every kernel) of the fp32 export and of lowbit's int8 export in the deployable "
              "layout, kernel time per run summed by kind.", ""]

@@ -21,7 +21,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -36,7 +35,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
-from bench.common import cpu_flags  # noqa: E402
+from bench.common import provenance  # noqa: E402
 from bench.markdown import write_section  # noqa: E402
 
 SECTION = "## Integer encodings in onnxruntime (U8S8 against U8U8 and S8S8)"
@@ -130,10 +129,7 @@ def main() -> None:
     results = {m: measure(m, args.runs, work / m) for m in args.models}
     command = "python bench/signedness.py " + " ".join(sys.argv[1:])
     (ROOT / "results" / "signedness.json").write_text(json.dumps({"command": command, "models": results}, indent=1))
-    cpu = cpu_flags()
-    lines = [f"Command: `{command}`  ",
-             f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; CPU: {cpu['model']}, flags "
-             f"{', '.join(cpu['flags'])}.  ",
+    lines = [*provenance(command),
              "lowbit's int8 export (deployable layout, mse ranges) and two re-encodings of the same integers: "
              "U8U8 (weights + 128, zero point 128) and S8S8 (activations - 128). onnxruntime, batch 32, 1 thread, "
              f"median of {args.runs} alternated runs; largest output difference against the U8S8 file on the same "

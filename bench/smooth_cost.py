@@ -26,7 +26,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 from dataclasses import replace  # noqa: E402
@@ -37,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import cpu_flags  # noqa: E402
+from bench.common import provenance  # noqa: E402
 from bench.markdown import write_section  # noqa: E402
 from bench.timing import alternate  # noqa: E402
 
@@ -110,10 +109,7 @@ def main() -> None:
             results[k][f"b{size}"] = timed[k]
     command = "python bench/smooth_cost.py " + " ".join(sys.argv[1:])
     (ROOT / "results" / "smooth-cost.json").write_text(json.dumps({"command": command, "rows": results}, indent=1))
-    cpu = cpu_flags()
-    lines = [f"Command: `{command}`  ",
-             f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; CPU: {cpu['model']}, flags "
-             f"{', '.join(cpu['flags'])}; load average at the end {os.getloadavg()[0]:.1f}.  ",
+    lines = [*provenance(command),
              f"lowbit-int8-pt2e builds of MiniLM (64 calibration rows; cosine on {args.n_eval} evaluation rows), "
              f"torch.compile x86 inductor, 1 thread, {args.repeats} alternated samples after 2 warm-ups per batch "
              "size. The fastest sample shows the cost best on this noisy machine.", "",

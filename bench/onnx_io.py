@@ -96,8 +96,9 @@ def feeds(session_inputs: list[str], input_names: tuple[str, ...], batch: Batch)
     return {name: by_name[name].numpy() for name in session_inputs}
 
 
-def session(path: Path, threads: int, optimize: bool = True):
-    """A CPU session with fixed threads and no spinning (idle spinning distorts alternated timings).
+def session(path: Path | bytes, threads: int, optimize: bool = True, disabled_optimizers: tuple[str, ...] = ()):
+    """A CPU session with fixed threads and no spinning (idle spinning distorts alternated timings), for an ONNX
+    file or a serialized model; `disabled_optimizers` names onnxruntime graph transforms to skip.
 
     optimize=False turns every graph optimization off: a QDQ model then runs as float DequantizeLinear ->
     Conv/MatMul -> QuantizeLinear (quantization emulated in fp32) instead of being fused into int8 kernels.
@@ -112,7 +113,9 @@ def session(path: Path, threads: int, optimize: bool = True):
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(disabled_optimizers))
 
 
 def ort_runner(path: Path, input_names: tuple[str, ...], optimize: bool = True):

@@ -22,10 +22,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +43,7 @@ SECTION = "## Integer encodings in onnxruntime (U8S8 against U8U8 and S8S8)"
 S8S8_DISABLED = ("QDQPropagationTransformer",)
 
 
-def _zero_point(model: onnx.ModelProto, node: onnx.NodeProto) -> np.ndarray | None:
-    init = {i.name: i for i in model.graph.initializer}
+def _zero_point(init: dict, node: onnx.NodeProto) -> np.ndarray | None:
     return numpy_helper.to_array(init[node.input[2]]) if len(node.input) > 2 and node.input[2] in init else None
 
 
@@ -60,7 +57,7 @@ def weights_u8(model: onnx.ModelProto) -> onnx.ModelProto:
     model = onnx.ModelProto.FromString(model.SerializeToString())
     init = {i.name: i for i in model.graph.initializer}
     for k, node in enumerate(n for n in model.graph.node if n.op_type == "DequantizeLinear"):
-        codes, zp = init.get(node.input[0]), _zero_point(model, node)
+        codes, zp = init.get(node.input[0]), _zero_point(init, node)
         if codes is None or zp is None or zp.dtype != np.int8 or (zp != 0).any():
             continue
         shifted = (numpy_helper.to_array(codes).astype(np.int16) + 128).astype(np.uint8)
@@ -72,8 +69,9 @@ def weights_u8(model: onnx.ModelProto) -> onnx.ModelProto:
 def activations_s8(model: onnx.ModelProto) -> onnx.ModelProto:
     """S8S8: every uint8 zero point of a QuantizeLinear/DequantizeLinear (the activations) lowered by 128 as int8."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
+    init = {i.name: i for i in model.graph.initializer}
     for k, node in enumerate(n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")):
-        zp = _zero_point(model, node)
+        zp = _zero_point(init, node)
         if zp is None or zp.dtype != np.uint8:
             continue
         node.input[2] = _new_initializer(model, f"s8s8_zp_{k}", (zp.astype(np.int16) - 128).astype(np.int8))
@@ -84,38 +82,27 @@ def activations_s8(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def sessions(model: onnx.ModelProto) -> dict:
-    import onnxruntime as ort
+    """One-thread onnxruntime sessions of the export and its two re-encodings, U8S8 first."""
+    from bench.onnx_io import session
 
-    def make(m: onnx.ModelProto, disabled: tuple[str, ...] = ()):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=list(disabled))
-
-    return {"U8S8 (lowbit)": make(model), "U8U8": make(weights_u8(model)),
-            "S8S8": make(activations_s8(model), S8S8_DISABLED)}
+    return {"U8S8 (lowbit)": session(model.SerializeToString(), 1),
+            "U8U8": session(weights_u8(model).SerializeToString(), 1),
+            "S8S8": session(activations_s8(model).SerializeToString(), 1, disabled_optimizers=S8S8_DISABLED)}
 
 
 def measure(name: str, runs: int, work: Path) -> dict:
     from bench.kernel_split import exports
     from bench.onnx_io import feeds
+    from bench.timing import alternate
 
     task, batch, files = exports(name, work, fp32=False)
     runners = sessions(onnx.load(str(files["int8"])))
     first = next(iter(runners.values()))
     inputs = feeds([i.name for i in first.get_inputs()], task.input_names, batch)
     ref = first.run(None, inputs)[0]
-    out = {label: {"max_abs_diff": float(np.abs(s.run(None, inputs)[0] - ref).max()), "ms": []}
-           for label, s in runners.items()}
-    for _ in range(runs):  # alternated: each round runs every encoding once
-        for label, s in runners.items():
-            t0 = time.perf_counter()
-            s.run(None, inputs)
-            out[label]["ms"].append(1000 * (time.perf_counter() - t0))
-    for r in out.values():
-        r["median_ms"] = statistics.median(r["ms"])
+    out = alternate({label: (lambda s=s: s.run(None, inputs)) for label, s in runners.items()}, runs, warmup=1)
+    for label, s in runners.items():
+        out[label]["max_abs_diff"] = float(np.abs(s.run(None, inputs)[0] - ref).max())
     print(name, json.dumps({k: (v["median_ms"], v["max_abs_diff"]) for k, v in out.items()}), flush=True)
     return out
 

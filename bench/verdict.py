@@ -31,6 +31,17 @@ def _run(rows: list[dict], of: dict) -> list[dict]:
     return [r for r in rows if r.get("run", 0) == of.get("run", 0)]
 
 
+def _spread(peer: dict, mine: dict, key: str) -> str:
+    """Whether a peer's lead at `key` outlasts run-to-run noise: "beyond the spread" when every alternated sample of
+    the peer is faster than every sample of lowbit's row, "within the spread" when the two sets of samples overlap
+    (the lead is then no larger than the noise of this run); "" where the rows keep no samples."""
+    a = ((peer.get("latency") or {}).get(key) or {}).get("samples_ms")
+    b = ((mine.get("latency") or {}).get(key) or {}).get("samples_ms")
+    if not a or not b:
+        return ""
+    return "beyond the spread of the alternated samples" if max(a) < min(b) else "within the spread of the samples"
+
+
 def _at_least(value: float, bound: float, higher_is_better: bool) -> bool:
     return value >= bound if higher_is_better else value <= bound
 
@@ -75,8 +86,8 @@ def _base(rows: list[dict], row: dict, key: str, over: str) -> dict | None:
 
 
 def peers_ahead(result: dict) -> str:
-    """Peer rows faster than every lowbit row of equal or better fidelity (setting by setting), and peer rows more
-    faithful than every lowbit row."""
+    """Peer rows faster than every lowbit row of equal or better fidelity (setting by setting; each lead says
+    whether it outlasts the spread of the alternated samples), and peer rows more faithful than every lowbit row."""
     metric, higher = result["primary_metric"], result.get("higher_is_better", True)
     rows = result["variants"]
     lowbit = [r for r in _ok(rows, "lowbit") if metric in (r.get("metrics") or {})]
@@ -97,8 +108,9 @@ def peers_ahead(result: dict) -> str:
         for key in _keys(result):
             best, p_ms = _fastest(rivals, key), _ms(peer, key)
             if p_ms is not None and best is not None and _ms(best, key) > p_ms:
+                spread = _spread(peer, best, key)
                 lost.append(f"{key} {p_ms:.3g} against `{best['name']}` {_ms(best, key):.3g} ms "
-                            f"(+{_ms(best, key) / p_ms - 1:.0%})")
+                            f"(+{_ms(best, key) / p_ms - 1:.0%}{', ' + spread if spread else ''})")
         if lost:
             ahead.append(f"`{peer['name']}` ({metric} {p_m:.4g}): " + ", ".join(lost))
     text = ("Peer rows faster than every lowbit row of equal or better " + metric + ": " + "; ".join(ahead) + "."

@@ -125,7 +125,7 @@ def _ort_built(task, qmodel, path: Path, seconds: float, notes: list[str]) -> Bu
             "within one step of the simulation; " + "; ".join(notes))
     warning = share.warning()
     if warning:
-        note += f"; WARNING {warning[:200]}"
+        note += f"; WARNING {warning}"
     return Built(make, path, seconds, note)
 
 

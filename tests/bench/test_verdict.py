@@ -35,6 +35,11 @@ def test_pick_target_and_peers_from_the_rows():
     rows[4]["latency"]["b32 t1"]["median_ms"] = 120.0  # now faster than every lowbit row at 0.84 or better
     assert "`ort-static-minmax` (top1_agreement 0.84): b32 t1 120 against `lowbit-int8-pt2e` 150 ms (+25%)" \
         in peers_ahead(result)
+    rows[4]["latency"]["b32 t1"]["samples_ms"] = [118.0, 120.0, 121.0]
+    rows[3]["latency"]["b32 t1"]["samples_ms"] = [122.0, 150.0, 151.0]
+    assert "(+25%, beyond the spread of the alternated samples)" in peers_ahead(result)
+    rows[3]["latency"]["b32 t1"]["samples_ms"] = [119.0, 150.0, 151.0]  # one lowbit sample as fast as the peer's
+    assert "(+25%, within the spread of the samples)" in peers_ahead(result)
     rows[2]["metrics"]["top1_agreement"] = 0.995  # the ORT row is faithful enough and 2.0x: still missed
     assert "b32 t1 missed (`lowbit-int8-ort` 2.00x at top1_agreement 0.995" in target(result)
     rows[2]["latency"]["b32 t1"]["median_ms"] = 100.0

@@ -10,7 +10,7 @@ import torch
 
 import lowbit
 from lowbit.core import PerGroup, get_qtype
-from lowbit.export import ExportError, integer_share, to_onnx
+from lowbit.export import ExportError, IntegerShare, integer_share, to_onnx
 from lowbit.export.layer_parity import layer_parity
 from lowbit.export.layout import deployable, u8s8_saturates
 from lowbit.export.pt2e import to_exported_program
@@ -66,6 +66,18 @@ def test_layer_only_quantization_warns_and_names_float_convs(tmp_path):
     share = integer_share(path, {onnx.load(str(path)).graph.input[0].name: x.numpy()})
     assert share.float_compute_nodes, "convs without an output quantizer stay float in onnxruntime"
     assert "did not fuse" in share.warning() and share.float_compute_nodes[0][0] in share.warning()
+
+
+def test_warning_splits_float_time_into_unfused_layers_and_ops_without_integer_kernels():
+    share = IntegerShare(integer_us=10.0, float_us=30.0, conversion_us=0.0, by_op={},
+                         float_nodes=[("gelu_1", "BiasGelu", 20.0), ("add_3", "Add", 8.0), ("mm_2", "MatMul", 2.0)])
+    text = share.warning()
+    assert "float kernels take 75%" in text and "integer kernels 25%" in text
+    assert "did not fuse these layers into integer kernels (5% of the time): mm_2 (MatMul)" in text
+    assert text.endswith("ops with no integer kernel take BiasGelu 50%, Add 20%")
+    only_ops = IntegerShare(10.0, 30.0, 0.0, {}, [("gelu_1", "BiasGelu", 30.0)])
+    assert "did not fuse" not in only_ops.warning() and "BiasGelu 75%" in only_ops.warning()
+    assert IntegerShare(30.0, 10.0, 0.0, {}, [("gelu_1", "BiasGelu", 10.0)]).warning() == ""
 
 
 def test_attention_export_parity(tmp_path):

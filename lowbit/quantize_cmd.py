@@ -35,6 +35,7 @@ class QuantizeRequest:
     keep_float: tuple[str, ...] = ()
     passes: tuple[str, ...] = ()
     export: str | None = None
+    nbits_compute: str = "float"
     mixed_precision: float | None = None
     out: str | None = None
     n_calib: int | None = None
@@ -200,7 +201,7 @@ def _deploy(req: QuantizeRequest, loaded: LoadedModel, qmodel, calib, evals) -> 
 
     task = loaded.task
     score = task.evaluate if task is not None else (lambda m: fidelity(loaded.model, m, evals))
-    return deploy(loaded.model, qmodel, calib[0], req.export, evals, score)
+    return deploy(loaded.model, qmodel, calib[0], req.export, evals, score, nbits_compute=req.nbits_compute)
 
 
 def write_outputs(

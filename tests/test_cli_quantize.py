@@ -29,6 +29,10 @@ def user_model(tmp_path, monkeypatch):
                                  nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                                  nn.Flatten(), nn.Linear(8, 10)).eval()
 
+        def small_mlp():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Linear(128, 256), nn.GELU(), nn.Linear(256, 64)).eval()
+
         NOT_A_MODEL = 3
     """)
     )
@@ -143,6 +147,23 @@ def test_export_runs_int8_in_onnxruntime_on_fashion_cnn(tmp_path):
     layers = onnx_info["layer_parity"]
     assert layers["quantizers"] >= 9 and layers["output_unchanged"] and layers["worst_equal"] >= 0.999
     assert abs(onnx_info["metrics"]["accuracy"] - summary["accuracy"]) <= 0.01
+
+
+def test_export_with_int8_nbits_compute_writes_accuracy_level_4(user_model):
+    import onnx
+
+    tmp_path, _ = user_model
+    calib = tmp_path / "rows.pt"
+    torch.save(torch.randn(16, 128, generator=torch.Generator().manual_seed(2)), calib)
+    out = tmp_path / "mlp.onnx"
+    result = invoke("--model", f"{FACTORY_MODULE}:small_mlp", "--calib", str(calib), "--preset", "w4a16",
+                    "--export", str(out), "--nbits-compute", "int8", "--json")
+    assert result.exit_code == 0, result.output
+    nodes = [n for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits"]
+    assert len(nodes) == 2 and all(a.i == 4 for n in nodes for a in n.attribute if a.name == "accuracy_level")
+    assert all(any(a.name == "accuracy_level" for a in n.attribute) for n in nodes)
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["onnx"]["parity_within_one_step"] < 1.0  # int8 inputs in onnxruntime, float in the simulation
 
 
 def test_quantize_embeddings_flag_sets_the_embedding_spec():

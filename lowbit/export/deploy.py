@@ -84,11 +84,12 @@ def parity(qmodel, runtime: Callable, batch) -> float:
 
 
 def deploy(float_model, qmodel, example: tuple, path: str | Path, evals: Sequence[tuple] | None = None,
-           score: Callable | None = None) -> dict:
-    """Export, time against fp32 in onnxruntime, profile, score (`score(model) -> metrics`) and check parity."""
+           score: Callable | None = None, nbits_compute: str = "float") -> dict:
+    """Export (`nbits_compute`: see `to_onnx`), time against fp32 in onnxruntime, profile, score
+    (`score(model) -> metrics`) and check parity."""
     path = Path(path)
     example = tuple(t[: max(2, min(len(t), 8))] for t in example)
-    to_onnx(qmodel, example, path)
+    to_onnx(qmodel, example, path, nbits_compute=nbits_compute)
     fp32_path = export_fp32(float_model, example, path.with_suffix(".fp32.onnx"))
     fp32, int8 = OrtModel(fp32_path), OrtModel(path)
     batch = tuple(evals[0]) if evals else example

@@ -10,6 +10,12 @@ codes, element 2i in the low nibble for 4 bits; scales float [N * n_blocks]; zer
 per row ([N * ceil(n_blocks * bits / 8)]); y = x @ ((B - zp) * scale)^T. lowbit's signed codes q with zero point z
 become unsigned u = q + 2^(bits-1), zp_u = z + 2^(bits-1), so (u - zp_u) * s = (q - z) * s exactly.
 The block size must be a power of two of at least 16.
+
+How onnxruntime computes with the packed weights is MatMulNBits' `accuracy_level` (`COMPUTE` below): "float"
+(unset) dequantizes each weight block and multiplies in fp32, so the input stays float (W4A16); "int8" (level 4)
+lets it quantize each block of the input to int8 on the fly (one symmetric scale per block of K) and use integer
+dot products, a dynamic W4A8 that is faster on CPUs with VNNI and moves the outputs a little (SmolLM2-135M:
+BENCHMARKS.md, lowbit-w4a8-ort against lowbit-w4a16-ort).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from lowbit.core.packing import pack, unpack
 
 NBITS = (4, 8)
 MIN_BLOCK = 16
+COMPUTE = {"float": 0, "int8": 4}  # MatMulNBits accuracy_level: 0 = unset (fp32), 4 = int8 activations per block
 
 
 def exportable(bits: int, block: int) -> bool:
@@ -58,19 +65,27 @@ def _(x, b, scales, zero_points, k, n, bits, block):
     return x.new_empty((*x.shape[:-1], n))
 
 
-def onnx_translation():
-    """{op: onnxscript function} for torch.onnx.export(custom_translation_table=...)."""
+def onnx_translation(compute: str = "float"):
+    """{op: onnxscript function} for torch.onnx.export(custom_translation_table=...); `compute` is the
+    MatMulNBits compute type ("float" or "int8", see `COMPUTE`)."""
     from lowbit.export.contrib import contrib_op
+
+    if compute not in COMPUTE:
+        raise ValueError(f"MatMulNBits compute {compute!r} is not one of {sorted(COMPUTE)}: 'float' keeps the input "
+                         "float (W4A16), 'int8' lets onnxruntime quantize it per block (faster, dynamic W4A8)")
+    level = COMPUTE[compute]
 
     matmul = contrib_op(
         "MatMulNBits",
         inputs=[("A", "T1"), ("B", "T2"), ("scales", "T1"), ("zero_points", "T2")],
         outputs=[("Y", "T1")],
         types={"T1": ["tensor(float)"], "T2": ["tensor(uint8)"]},
-        int_attributes=("K", "N", "bits", "block_size"),
+        int_attributes=("K", "N", "bits", "block_size", "accuracy_level"),
     )
 
     def translate(x, b, scales, zero_points, k: int, n: int, bits: int, block: int):
+        if level:
+            return matmul(x, b, scales, zero_points, K=k, N=n, bits=bits, block_size=block, accuracy_level=level)
         return matmul(x, b, scales, zero_points, K=k, N=n, bits=bits, block_size=block)
 
     return {torch.ops.lowbit.matmul_nbits.default: translate}

@@ -51,22 +51,26 @@ def to_onnx(
     dynamic_shapes=None,
     dynamic: bool = True,
     nbits: bool = True,
+    nbits_compute: str = "float",
 ) -> Path:
     """Write the QDQ ONNX model to `path` (atomically) and return the path.
 
     `dynamic_shapes` (torch.export's format) names dynamic axes; by default every axis of every input is left
     dynamic (`dynamic=False` fixes them to the example's shapes). Sizes 0 and 1 cannot be dynamic in torch.export:
-    give examples with at least 2 rows. `nbits`: turn per-group weight-only matmuls into MatMulNBits."""
+    give examples with at least 2 rows. `nbits`: turn per-group weight-only matmuls into MatMulNBits;
+    `nbits_compute`: how onnxruntime multiplies with them, "float" (the input stays float: W4A16) or "int8" (it
+    quantizes the input per block on the fly: dynamic W4A8, faster on VNNI CPUs; `lowbit.export.nbits.COMPUTE`)."""
     import onnx
 
     example_inputs = tuple(example_inputs)
     gm = to_qdq(qmodel, nbits=nbits).eval()
     shapes = dynamic_shapes if dynamic_shapes is not None else _dynamic_shapes(example_inputs, dynamic)
+    translations = {**nbits_translation(nbits_compute), **gather_translation(), **dynamic_translation()}
     try:
         program = torch.onnx.export(
             gm, example_inputs, dynamo=True, opset_version=OPSET, dynamic_shapes=shapes,
             input_names=input_names, output_names=output_names, verbose=False, optimize=True,
-            custom_translation_table={**nbits_translation(), **gather_translation(), **dynamic_translation()},
+            custom_translation_table=translations,
         )
     except Exception as exc:  # the exporter raises many types; name the step that failed
         raise ExportError(f"torch.onnx could not export the QDQ graph: {str(exc).splitlines()[0]}") from exc

@@ -130,6 +130,38 @@ def test_weight_only_int4_becomes_matmul_nbits(tmp_path):
     assert path.stat().st_size < fp32 / 5  # 4-bit codes, one fp32 scale and one 4-bit zero point per 32
 
 
+def _per_block_int8(x, block):
+    """Hand reference of MatMulNBits' int8 compute (accuracy_level 4): each block of K input values quantized to
+    int8 with one symmetric scale, amax / 127."""
+    xs = x.reshape(*x.shape[:-1], -1, block)
+    s = xs.abs().amax(-1, keepdim=True) / 127
+    return (torch.round(xs / torch.where(s == 0, 1, s)).clamp(-127, 127) * s).reshape(x.shape)
+
+
+def test_int4_matmul_nbits_with_int8_compute_quantizes_its_input_per_block(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 128)).eval()
+    cfg = lowbit.preset("w4a16")
+    cfg = lowbit.preset("w4a16", weight=type(cfg.weight)(cfg.weight.qtype, PerGroup(32), False))
+    qm = lowbit.quantize(model, [torch.randn(4, 256)], cfg)
+    x = torch.randn(5, 256)
+    path = to_onnx(qm, (x[:2],), tmp_path / "w4a8.onnx", nbits_compute="int8")
+    levels = [a.i for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits" for a in n.attribute
+              if a.name == "accuracy_level"]
+    assert levels == [4, 4]
+    w0, w2 = (qm.graph_module.get_submodule(qm.layers[n].weight_quantizer)(qm.weight_of(qm.layers[n])).detach()
+              for n in ("0", "2"))
+    with torch.no_grad():
+        h = torch.nn.functional.gelu(torch.nn.functional.linear(_per_block_int8(x, 32), w0, model[0].bias))
+        ref = torch.nn.functional.linear(_per_block_int8(h, 32), w2, model[2].bias).numpy()
+    got = _run(path, (x,))
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert np.abs(got - qm(x).detach().numpy()).max() > 1e-3  # the float-input simulation is not what ran
+    with pytest.raises(ValueError, match="'float' keeps the input float"):
+        to_onnx(qm, (x[:2],), tmp_path / "bad.onnx", nbits_compute="int4")
+    assert not (tmp_path / "bad.onnx").exists()
+
+
 def test_pt2e_program_equals_simulation(cnn_full):
     x = images(1, batch=4, seed=2)[0][0]
     program = to_exported_program(cnn_full, (x[:2],))

@@ -171,6 +171,9 @@ PRESETS: dict[str, QuantConfig] = {
     "w4a8": QuantConfig(_spec("int4", PerChannel(0)), _spec("uint8", symmetric=False)),
     "w4a16": QuantConfig(_spec("int4", PerGroup(128), symmetric=False), None, mode=Mode.WEIGHT_ONLY),
     "w8a16": QuantConfig(_spec("int8", PerChannel(0)), None, mode=Mode.WEIGHT_ONLY),
+    # int8 per group of 128: exported as MatMulNBits; with to_onnx(nbits_compute="int8") onnxruntime quantizes each
+    # block of inputs to int8 too (SmolLM2-135M: perplexity 25.4 against 25.2 fp32, faster than fp32).
+    "w8a16-g128": QuantConfig(_spec("int8", PerGroup(128)), None, mode=Mode.WEIGHT_ONLY),
     # Large language models (lowbit.llm registers the passes named here).
     "w4a16-gptq": QuantConfig(_spec("int4", PerGroup(128), symmetric=False), None, mode=Mode.WEIGHT_ONLY,
                               passes=(PassSpec("gptq"),)),

@@ -10,9 +10,11 @@
   float side products cost about 7% at batch 32 and 14% at batch 1 in PT2E (BENCHMARKS.md, "SmoothQuant's explicit
   multiplies in PT2E"), and buy cosine 0.9959 -> 0.9984 on MiniLM;
 - lowbit-w4a16-ort: the weight-only int4 per-group model (GPTQ) as onnxruntime's MatMulNBits, float inputs;
-- lowbit-w4a8-ort: the same model with MatMulNBits' int8 compute (`to_onnx(nbits_compute="int8")`): onnxruntime
-  quantizes each block of a matmul's input to int8 on the fly (a dynamic W4A8 the simulation does not model; the
-  parity note measures the difference).
+- lowbit-w4a8-nbits-ort: the same model with MatMulNBits' int8 compute (`to_onnx(nbits_compute="int8")`):
+  onnxruntime quantizes each block of a matmul's input to int8 on the fly (a dynamic W4A8 the simulation does not
+  model; the parity note measures the difference);
+- lowbit-w8a8-nbits-ort: int8 weights per group of 128 (`w8a16-g128`) as MatMulNBits with int8 compute: the
+  near-lossless LLM path (one weight scale and one input scale per block of 128).
 Embedding tables are quantized too (int8 per row; SmolLM2's tied table is gathered from its LM head's int4 codes
 with GatherBlockQuantized), so the files hold no float table.
 Every build records the share of onnxruntime kernel time spent in integer kernels and the parity of the runtime
@@ -166,7 +168,7 @@ WEIGHT_ONLY = "w4a16-gptq"  # int4 per group of 128 with GPTQ: SmolLM2 perplexit
 
 def _weight_only(task) -> None:
     if task.name != "smollm2" and task.name != "minilm":
-        raise NotApplicable("weight-only int4 is for matmul-heavy models (SmolLM2, MiniLM)")
+        raise NotApplicable("per-group weight-only matmuls (MatMulNBits) are for matmul-heavy models (SmolLM2, MiniLM)")
 
 
 @register_variant("lowbit-w4a16-ort", family="lowbit", baseline="fp32-ort",
@@ -176,12 +178,20 @@ def build_w4a16_ort(task, calib, workdir: Path) -> Built:
     return _ort_variant(task, calib, workdir, WEIGHT_ONLY, "lowbit-w4a16.onnx")
 
 
-@register_variant("lowbit-w4a8-ort", family="lowbit", baseline="fp32-ort",
+@register_variant("lowbit-w4a8-nbits-ort", family="lowbit", baseline="fp32-ort",
                   description="lowbit-w4a16-ort's model with MatMulNBits' int8 compute: onnxruntime quantizes each "
                               "block of 128 inputs to int8 on the fly (dynamic W4A8)")
-def build_w4a8_ort(task, calib, workdir: Path) -> Built:
+def build_w4a8_nbits_ort(task, calib, workdir: Path) -> Built:
     _weight_only(task)
-    return _ort_variant(task, calib, workdir, WEIGHT_ONLY, "lowbit-w4a8.onnx", compute="int8")
+    return _ort_variant(task, calib, workdir, WEIGHT_ONLY, "lowbit-w4a8-nbits.onnx", compute="int8")
+
+
+@register_variant("lowbit-w8a8-nbits-ort", family="lowbit", baseline="fp32-ort",
+                  description="lowbit int8 weights per group of 128 as MatMulNBits with int8 compute (each block of "
+                              "128 inputs quantized to int8 on the fly)")
+def build_w8a8_nbits_ort(task, calib, workdir: Path) -> Built:
+    _weight_only(task)
+    return _ort_variant(task, calib, workdir, "w8a16-g128", "lowbit-w8a8-nbits.onnx", compute="int8")
 
 
 @register_variant("lowbit-int8-pt2e", family="lowbit", baseline="fp32-compile", isolated=False,

@@ -12,10 +12,10 @@ become unsigned u = q + 2^(bits-1), zp_u = z + 2^(bits-1), so (u - zp_u) * s = (
 The block size must be a power of two of at least 16.
 
 How onnxruntime computes with the packed weights is MatMulNBits' `accuracy_level` (`COMPUTE` below): "float"
-(unset) dequantizes each weight block and multiplies in fp32, so the input stays float (W4A16); "int8" (level 4)
+(0, unset) dequantizes each weight block and multiplies in fp32, so the input stays float (W4A16); "int8" (level 4)
 lets it quantize each block of the input to int8 on the fly (one symmetric scale per block of K) and use integer
 dot products, a dynamic W4A8 that is faster on CPUs with VNNI and moves the outputs a little (SmolLM2-135M:
-BENCHMARKS.md, lowbit-w4a8-ort against lowbit-w4a16-ort).
+BENCHMARKS.md, lowbit-w4a8-nbits-ort against lowbit-w4a16-ort).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from lowbit.core.packing import pack, unpack
 
 NBITS = (4, 8)
 MIN_BLOCK = 16
-COMPUTE = {"float": 0, "int8": 4}  # MatMulNBits accuracy_level: 0 = unset (fp32), 4 = int8 activations per block
+COMPUTE = {"float": 0, "int8": 4}  # MatMulNBits accuracy_level: 0 = unset (fp32 compute), 4 = int8 inputs per block
 
 
 def exportable(bits: int, block: int) -> bool:
@@ -84,8 +84,6 @@ def onnx_translation(compute: str = "float"):
     )
 
     def translate(x, b, scales, zero_points, k: int, n: int, bits: int, block: int):
-        if level:
-            return matmul(x, b, scales, zero_points, K=k, N=n, bits=bits, block_size=block, accuracy_level=level)
-        return matmul(x, b, scales, zero_points, K=k, N=n, bits=bits, block_size=block)
+        return matmul(x, b, scales, zero_points, K=k, N=n, bits=bits, block_size=block, accuracy_level=level)
 
     return {torch.ops.lowbit.matmul_nbits.default: translate}

@@ -115,12 +115,18 @@ def test_pt2e_layout_keeps_attention_matmuls_float_and_the_program_equals_simula
     assert not cnn.summary()["kept_float"] and all(i.weight_quantizer is not None for i in cnn.layers.values())
 
 
-def test_weight_only_int4_becomes_matmul_nbits(tmp_path):
+@pytest.fixture(scope="module")
+def int4_mlp():
+    """(float model, its W4A16 model in groups of 32, asymmetric) for the MatMulNBits exports."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 128)).eval()
     cfg = lowbit.preset("w4a16")
     cfg = lowbit.preset("w4a16", weight=type(cfg.weight)(cfg.weight.qtype, PerGroup(32), False))
-    qm = lowbit.quantize(model, [torch.randn(4, 256)], cfg)
+    return model, lowbit.quantize(model, [torch.randn(4, 256)], cfg)
+
+
+def test_weight_only_int4_becomes_matmul_nbits(int4_mlp, tmp_path):
+    model, qm = int4_mlp
     x = torch.randn(5, 256)
     path = to_onnx(qm, (x[:2],), tmp_path / "w4.onnx")
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
@@ -138,13 +144,9 @@ def _per_block_int8(x, block):
     return (torch.round(xs / torch.where(s == 0, 1, s)).clamp(-127, 127) * s).reshape(x.shape)
 
 
-def test_int4_matmul_nbits_with_int8_compute_quantizes_its_input_per_block(tmp_path):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 128)).eval()
-    cfg = lowbit.preset("w4a16")
-    cfg = lowbit.preset("w4a16", weight=type(cfg.weight)(cfg.weight.qtype, PerGroup(32), False))
-    qm = lowbit.quantize(model, [torch.randn(4, 256)], cfg)
-    x = torch.randn(5, 256)
+def test_int4_matmul_nbits_with_int8_compute_quantizes_its_input_per_block(int4_mlp, tmp_path):
+    model, qm = int4_mlp
+    x = torch.randn(5, 256, generator=torch.Generator().manual_seed(1))
     path = to_onnx(qm, (x[:2],), tmp_path / "w4a8.onnx", nbits_compute="int8")
     levels = [a.i for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits" for a in n.attribute
               if a.name == "accuracy_level"]

@@ -139,3 +139,24 @@ def provenance(command: str) -> list[str]:
     return [f"Command: `{command}`  ",
             f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; CPU: {cpu['model']}, flags "
             f"{', '.join(cpu['flags'])}; load average at the end {os.getloadavg()[0]:.1f}.  "]
+
+
+def per_model_script(doc: str, script: str, measure: Callable[[str, int, Path], dict], runs: int,
+                     results: Path) -> tuple[str, dict, int]:
+    """The shared main() of a per-model profiling script (bench/kernel_split.py, bench/signedness.py): parse
+    `--models` and `--runs`, call `measure(model, runs, work folder)` per model, write {"command", "models"} to
+    `results`; returns (command, {model: measurement}, runs)."""
+    import argparse
+    import json
+    import sys
+    import tempfile
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["efficientnet-lite0", "minilm"])
+    ap.add_argument("--runs", type=int, default=runs)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix=f"lowbit-{Path(script).stem}-"))
+    out = {m: measure(m, args.runs, work / m) for m in args.models}
+    command = f"python {script} " + " ".join(sys.argv[1:])
+    results.write_text(json.dumps({"command": command, "models": out}, indent=1))
+    return command, out, args.runs

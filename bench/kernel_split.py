@@ -21,10 +21,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 from collections import Counter, defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -33,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import provenance  # noqa: E402
+from bench.common import per_model_script, provenance  # noqa: E402
 from bench.markdown import write_section  # noqa: E402
 
 SECTION = "## Where onnxruntime spends its time (fp32 against int8, by kernel kind)"
@@ -169,17 +167,10 @@ def model_lines(model: str, r: dict) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["efficientnet-lite0", "minilm"])
-    ap.add_argument("--runs", type=int, default=8)
-    args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="lowbit-kernels-"))
-    results = {m: measure(m, args.runs, work / m) for m in args.models}
-    command = "python bench/kernel_split.py " + " ".join(sys.argv[1:])
-    (ROOT / "results" / "kernel-split.json").write_text(json.dumps({"command": command, "models": results},
-                                                                   indent=1))
+    command, results, runs = per_model_script(__doc__, "bench/kernel_split.py", measure, 8,
+                                              ROOT / "results" / "kernel-split.json")
     lines = [*provenance(command),
-             f"onnxruntime's profile (1 thread, batch {BATCH}, mean of {args.runs} alternated runs of each file "
+             f"onnxruntime's profile (1 thread, batch {BATCH}, mean of {runs} alternated runs of each file "
              "after a warm-up; profiling adds a little to every kernel) of the fp32 export, of lowbit's int8 "
              "export in the deployable layout and of onnxruntime's quantize_static file (MinMax, per-channel, "
              "U8S8), kernel time per run "

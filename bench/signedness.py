@@ -20,10 +20,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +31,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
-from bench.common import provenance  # noqa: E402
+from bench.common import per_model_script, provenance  # noqa: E402
 from bench.markdown import write_section  # noqa: E402
 
 SECTION = "## Integer encodings in onnxruntime (U8S8 against U8U8 and S8S8)"
@@ -108,18 +106,12 @@ def measure(name: str, runs: int, work: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["efficientnet-lite0", "minilm"])
-    ap.add_argument("--runs", type=int, default=7)
-    args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="lowbit-signedness-"))
-    results = {m: measure(m, args.runs, work / m) for m in args.models}
-    command = "python bench/signedness.py " + " ".join(sys.argv[1:])
-    (ROOT / "results" / "signedness.json").write_text(json.dumps({"command": command, "models": results}, indent=1))
+    command, results, runs = per_model_script(__doc__, "bench/signedness.py", measure, 7,
+                                              ROOT / "results" / "signedness.json")
     lines = [*provenance(command),
              "lowbit's int8 export (deployable layout, mse ranges) and two re-encodings of the same integers: "
              "U8U8 (weights + 128, zero point 128) and S8S8 (activations - 128). onnxruntime, batch 32, 1 thread, "
-             f"median of {args.runs} alternated runs; largest output difference against the U8S8 file on the same "
+             f"median of {runs} alternated runs; largest output difference against the U8S8 file on the same "
              "batch.", "",
              "| model | encoding | ms | against U8S8 | largest output difference |", "|---|---|---|---|---|"]
     for model, r in results.items():

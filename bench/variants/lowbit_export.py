@@ -18,7 +18,8 @@
 Embedding tables are quantized too (int8 per row; SmolLM2's tied table is gathered from its LM head's int4 codes
 with GatherBlockQuantized), so the files hold no float table.
 Every build records the share of onnxruntime kernel time spent in integer kernels and the parity of the runtime
-with lowbit's torch simulation (elements within one output step) in the row's note.
+with lowbit's torch simulation and with lowbit's emulation of onnxruntime's kernels (`lowbit.export.emulate`;
+elements within one output step, and the share equal bit for bit) in the row's note.
 """
 
 from __future__ import annotations
@@ -115,8 +116,9 @@ def _export(task, qmodel, workdir: Path, filename: str, compute: str = "float") 
                    output_names=outputs, dynamic_shapes=dynamic_shapes(task), nbits_compute=compute)
 
 
-def _ort_built(task, qmodel, path: Path, seconds: float, notes: list[str]) -> Built:
+def _ort_built(task, qmodel, path: Path, seconds: float, notes: list[str], compute: str = "float") -> Built:
     from lowbit.export import integer_share
+    from lowbit.export.deploy import emulated_parity
 
     make = ort_runner(path, task.input_names)
     sess_run = make(1)
@@ -126,8 +128,10 @@ def _ort_built(task, qmodel, path: Path, seconds: float, notes: list[str]) -> Bu
     names = [i.name for i in ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()]
     share = integer_share(path, feeds(names, task.input_names, batch), runs=2)
     agree = parity(task, qmodel, sess_run)
+    emulated = emulated_parity(qmodel, sess_run, batch, compute)
     note = (f"integer kernels {share.integer_fraction:.0%} of onnxruntime time; parity {agree:.4f} of elements "
-            "within one step of the simulation; " + "; ".join(notes))
+            f"within one step of the simulation, {emulated['parity_emulated']:.4f} of lowbit's emulation of "
+            f"onnxruntime's kernels ({emulated['emulated_equal']:.2%} bit for bit); " + "; ".join(notes))
     warning = share.warning()
     if warning:
         note += f"; WARNING {warning}"
@@ -150,7 +154,7 @@ def _ort_variant(task, calib, workdir: Path, name: str, filename: str, compute: 
         return Built(ort_runner(workdir / filename, task.input_names), workdir / filename, 0.0, "")
     qmodel, seconds, notes = quantize_deployable(task, calib, name)
     path = _export(task, qmodel, workdir, filename, compute)
-    return _ort_built(task, qmodel, path, seconds, notes)
+    return _ort_built(task, qmodel, path, seconds, notes, compute)
 
 
 @register_variant("lowbit-int8-dynamic-ort", family="lowbit", baseline="fp32-ort",

@@ -157,6 +157,9 @@ def _onnx_lines(o: dict, fp32_metrics: dict) -> list[str]:
         f"         integer kernels {share['integer_fraction']:.0%} of kernel time; "
         f"{o['parity_within_one_step']:.2%} of outputs within one step of the simulation",
     ]
+    if "parity_emulated" in o:
+        lines.append(f"         {o['parity_emulated']:.2%} within one step of onnxruntime's integer arithmetic "
+                     f"emulated in torch (lowbit.export.emulate), {o['emulated_equal']:.2%} bit for bit equal")
     layers = o.get("layer_parity")
     if layers and layers["quantizers"]:
         lines.append(f"         layer by layer (each fed onnxruntime's own inputs): {layers['median_equal']:.3%} of "

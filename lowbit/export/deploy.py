@@ -5,7 +5,9 @@
 Writes the int8 QDQ model and an fp32 ONNX reference (`<name>.fp32.onnx`), times both in onnxruntime (alternating,
 medians, same batch, same threads), profiles the int8 one for its share of integer kernels (warning when float
 kernels dominate), scores it on the evaluation batches and checks parity with the torch simulation: at the output
-(`parity`) and layer by layer, each quantizer fed the runtime's own inputs (`layer_parity.layer_parity`).
+(`parity`), layer by layer, each quantizer fed the runtime's own inputs (`layer_parity.layer_parity`), and at the
+output against the emulation of onnxruntime's integer arithmetic (`emulate.emulate_onnxruntime`; `parity_emulated`,
+and `emulated_equal`: the share of output elements bit-identical).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lowbit.export.emulate import emulate_onnxruntime
 from lowbit.export.layer_parity import layer_parity
 from lowbit.export.onnx import strip_debug_info, to_onnx
 from lowbit.export.profile import integer_share
@@ -83,6 +86,15 @@ def parity(qmodel, runtime: Callable, batch) -> float:
     return float(((got - sim).abs() <= step).float().mean())
 
 
+def emulated_parity(qmodel, runtime: Callable, batch, nbits_compute: str = "float") -> dict:
+    """`parity` of the runtime against the emulation of onnxruntime's integer arithmetic (`parity_emulated`) and the
+    share of output elements the two compute bit for bit alike (`emulated_equal`)."""
+    emulated = emulate_onnxruntime(qmodel, nbits_compute)(*batch).float()
+    got = torch.as_tensor(runtime(*batch)).float()
+    return {"parity_emulated": parity(lambda *_: emulated, lambda *_: got, batch),
+            "emulated_equal": float((emulated == got).float().mean())}
+
+
 def deploy(float_model, qmodel, example: tuple, path: str | Path, evals: Sequence[tuple] | None = None,
            score: Callable | None = None, nbits_compute: str = "float") -> dict:
     """Export (`nbits_compute`: see `to_onnx`), time against fp32 in onnxruntime, profile, score
@@ -101,6 +113,7 @@ def deploy(float_model, qmodel, example: tuple, path: str | Path, evals: Sequenc
         "latency": compare_latency(fp32, int8, batch),
         "integer_share": share.to_json(),
         "parity_within_one_step": parity(qmodel, int8, batch),
+        **emulated_parity(qmodel, int8, batch, nbits_compute),
         "layer_parity": layer_parity(qmodel, path, batch).to_json(),
     }
     warning = share.warning()

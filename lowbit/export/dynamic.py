@@ -23,12 +23,17 @@ QMAX = 255
 def dynamic_quantize(x: Tensor) -> Tensor:
     """Reference: DynamicQuantizeLinear then DequantizeLinear (module docstring), in float32."""
     xf = x.float()
+    scale, zero_point = qparams(xf)
+    codes = torch.clamp(torch.round(xf / scale) + zero_point, 0, QMAX)
+    return ((codes - zero_point) * scale).to(x.dtype)
+
+
+def qparams(xf: Tensor) -> tuple[Tensor, Tensor]:
+    """DynamicQuantizeLinear's (scale, zero point) of a float32 tensor (module docstring)."""
     lo, hi = xf.min().clamp(max=0), xf.max().clamp(min=0)
     scale = (hi - lo) / QMAX
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero tensor: any scale gives codes 0
-    zero_point = torch.clamp(torch.round(-lo / scale), 0, QMAX)
-    codes = torch.clamp(torch.round(xf / scale) + zero_point, 0, QMAX)
-    return ((codes - zero_point) * scale).to(x.dtype)
+    return scale, torch.clamp(torch.round(-lo / scale), 0, QMAX)
 
 
 @dynamic_quantize.register_fake

@@ -51,13 +51,23 @@ def matmul_nbits(x: Tensor, b: Tensor, scales: Tensor, zero_points: Tensor, k: i
                  block: int) -> Tensor:
     """Reference: unpack B and the zero points, dequantize per block, then linear."""
     n_blocks = k // block
-    u = unpack(b.reshape(n, -1), bits, n_blocks * block).reshape(n, n_blocks, block).to(torch.float32)
+    u = unpack(b.reshape(-1), bits, n * n_blocks * block).reshape(n, n_blocks, block).to(torch.float32)
     if bits < 8:
         zp = torch.stack([unpack(row, bits, n_blocks) for row in zero_points.reshape(n, -1)])
     else:
         zp = zero_points.reshape(n, n_blocks)
     w = (u - zp.to(torch.float32)[..., None]) * scales.reshape(n, n_blocks, 1)
     return torch.nn.functional.linear(x, w.reshape(n, k).to(x.dtype))
+
+
+def int8_input_blocks(x: Tensor, block: int) -> Tensor:
+    """What MatMulNBits' int8 compute (accuracy_level 4) multiplies with: each block of `block` input values along
+    K quantized to int8 with one symmetric scale, amax / 127, and dequantized (onnxruntime's MLAS quantizes a row
+    block by block this way before its integer dot products: `round(x * (127 / amax))`, half to even)."""
+    xs = x.float().reshape(*x.shape[:-1], -1, block)
+    amax = xs.abs().amax(-1, keepdim=True)
+    inverse = torch.where(amax == 0, 0, 127 / torch.where(amax == 0, 1, amax))  # 127 / amax, one rounding (MLAS)
+    return (torch.round(xs * inverse) * (amax / 127)).reshape(x.shape).to(x.dtype)
 
 
 @matmul_nbits.register_fake

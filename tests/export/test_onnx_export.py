@@ -11,8 +11,10 @@ import torch
 import lowbit
 from lowbit.core import PerGroup, get_qtype
 from lowbit.export import ExportError, IntegerShare, integer_share, to_onnx
+from lowbit.export.emulate import emulate_onnxruntime
 from lowbit.export.layer_parity import layer_parity
 from lowbit.export.layout import deployable, u8s8_saturates
+from lowbit.export.nbits import int8_input_blocks
 from lowbit.export.pt2e import to_exported_program
 from tests.graph.models import TinyAttention, TinyCNN, images, tokens, trained_bn
 
@@ -136,14 +138,6 @@ def test_weight_only_int4_becomes_matmul_nbits(int4_mlp, tmp_path):
     assert path.stat().st_size < fp32 / 5  # 4-bit codes, one fp32 scale and one 4-bit zero point per 32
 
 
-def _per_block_int8(x, block):
-    """Hand reference of MatMulNBits' int8 compute (accuracy_level 4): each block of K input values quantized to
-    int8 with one symmetric scale, amax / 127."""
-    xs = x.reshape(*x.shape[:-1], -1, block)
-    s = xs.abs().amax(-1, keepdim=True) / 127
-    return (torch.round(xs / torch.where(s == 0, 1, s)).clamp(-127, 127) * s).reshape(x.shape)
-
-
 def test_int4_matmul_nbits_with_int8_compute_quantizes_its_input_per_block(int4_mlp, tmp_path):
     model, qm = int4_mlp
     x = torch.randn(5, 256, generator=torch.Generator().manual_seed(1))
@@ -154,11 +148,12 @@ def test_int4_matmul_nbits_with_int8_compute_quantizes_its_input_per_block(int4_
     w0, w2 = (qm.graph_module.get_submodule(qm.layers[n].weight_quantizer)(qm.weight_of(qm.layers[n])).detach()
               for n in ("0", "2"))
     with torch.no_grad():
-        h = torch.nn.functional.gelu(torch.nn.functional.linear(_per_block_int8(x, 32), w0, model[0].bias))
-        ref = torch.nn.functional.linear(_per_block_int8(h, 32), w2, model[2].bias).numpy()
+        h = torch.nn.functional.gelu(torch.nn.functional.linear(int8_input_blocks(x, 32), w0, model[0].bias))
+        ref = torch.nn.functional.linear(int8_input_blocks(h, 32), w2, model[2].bias).numpy()
     got = _run(path, (x,))
     np.testing.assert_allclose(got, ref, atol=1e-5)
     assert np.abs(got - qm(x).detach().numpy()).max() > 1e-3  # the float-input simulation is not what ran
+    np.testing.assert_allclose(emulate_onnxruntime(qm, nbits_compute="int8")(x).numpy(), got, atol=1e-5)
     with pytest.raises(ValueError, match="'float' keeps the input float"):
         to_onnx(qm, (x[:2],), tmp_path / "bad.onnx", nbits_compute="int4")
     assert not (tmp_path / "bad.onnx").exists()

@@ -172,10 +172,11 @@ class _Emulator(fx.Interpreter):
             acc = x @ w.T
             ch = (1,) * (x.dim() - 1) + (-1,)
         s_in = (_f32(grid.scale) * s_w).reshape(ch)  # float32(s_x * s_w[c])
+        unfused = value if n.target is CONV else None  # a conv read by anything but its Q runs in float
         if bias is None:
-            return self._pending(acc, s_in, value if n.target is CONV else None)
+            return self._pending(acc, s_in, unfused)
         if not matmul:  # QLinearConv, QGemm: the int32 bias joins the sums
-            return self._pending(acc + bias.reshape(ch), s_in, value if n.target is CONV else None)
+            return self._pending(acc + bias.reshape(ch), s_in, unfused)
         # MatMulIntegerToFloat (DynamicQuantizeMatMul), its bias added in float, then a QuantizeLinear if any
         with_bias = acc.to(F32) * s_in + args[2]
         return _Pending(lambda q, clip: self._quantize(q, with_bias, clip), lambda: with_bias)

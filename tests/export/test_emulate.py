@@ -21,12 +21,15 @@ def _run(path, inputs):
 
 
 def test_quantize_linear_divides_and_rounds_half_to_even():
-    s = 0.1  # 1/0.1 is not exact in float32: x * (1/s) and x / s part on some inputs
+    s = 0.1
     x = torch.tensor([0.25, 0.35, -0.25, 100.0, -100.0, 0.05 * 3], dtype=torch.float32)
     codes = quantize_linear(x, s, 3, 0, 255, torch.uint8)
     ref = torch.clamp(torch.round(x / torch.tensor(s, dtype=torch.float32)) + 3, 0, 255).to(torch.uint8)
     assert torch.equal(codes, ref)
     assert quantize_linear(torch.tensor([0.25]), 0.1, 0, -128, 127, torch.int8).item() == 2  # 2.5 -> 2 (even)
+    x = torch.tensor([1.9499999284744263])  # x / 0.1 rounds to 19, x * (1 / 0.1) to 20 in float32
+    assert torch.round(x * (1 / torch.tensor(0.1))).item() == 20
+    assert quantize_linear(x, 0.1, 0, -128, 127, torch.int8).item() == 19
     grid = torch.arange(-20, 20, dtype=torch.float32) * 0.37
     assert torch.equal(quantize_linear(grid, 0.37, 0, -128, 127, torch.int8).float(), torch.arange(-20, 20.0))
 

@@ -123,10 +123,6 @@ class _Emulator(fx.Interpreter):
         self.grids: dict[fx.Node, _Grid] = {}
         self.int8_blocks = nbits_compute == "int8"
 
-    def run(self, *args):
-        self.grids = {}
-        return super().run(*args)
-
     # -- helpers ---------------------------------------------------------------------------------------------
     def _grid(self, a) -> _Grid | None:
         return self.grids.get(a) if isinstance(a, fx.Node) else None

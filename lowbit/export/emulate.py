@@ -25,11 +25,14 @@ pattern onnxruntime fuses computed as its kernel does (read from MLAS's source; 
 - MatMulNBits with int8 compute (`nbits_compute="int8"`): its input quantized per block
   (`lowbit.export.nbits.int8_input_blocks`), then the float reference (close, not bit-exact).
 
-Everything else (pooling, reshapes, float ops) runs as the QDQ graph runs it, in float on dequantized values;
-onnxruntime's float kernels (ReduceMean, LayerNorm, Softmax, GELU) sum in their own order, so where a model has
-them the prediction is close but not exact. Integer sums are exact here on any CPU (float64 sums of integers);
-onnxruntime's are on CPUs with VNNI or AMX (u8s8 dot products into int32). `bench/parity.py` scores both the
-simulation and this emulation against the runtime.
+- LayerNorm, the exact GELU (onnxruntime's BiasGelu) and Softmax between the integer kernels: as MLAS computes
+  them, `lowbit.export.mlas_float` (LayerNorm rows of 8 or more; Softmax's sum order is the AVX512F kernel's).
+
+Everything else (pooling, reshapes, elementwise float ops) runs as the QDQ graph runs it, in float on dequantized
+values; onnxruntime's other reductions (ReduceMean, ReduceSum, norms) and unfused float kernels (SiLU, RMSNorm's
+decomposition) sum in their own order, so after them the prediction is close but not exact. Integer sums are exact
+here on any CPU (float64 sums of integers); onnxruntime's are on CPUs with VNNI or AMX (u8s8 dot products into
+int32). `bench/parity.py` scores both the simulation and this emulation against the runtime.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from lowbit.export import dynamic
+from lowbit.export import dynamic, mlas_float
 from lowbit.export import nbits as nbits_ops
 from lowbit.export.qdq import to_qdq
 
@@ -233,6 +236,11 @@ class _Emulator(fx.Interpreter):
 
             if n.op != "call_function":
                 return value()
+            if n.target in FLOAT_KERNELS and not kwargs:
+                floats = fx.node.map_aggregate(args, lambda a: a.value() if isinstance(a, _Pending) else a)
+                out = _float_kernel(n.target, floats)
+                if out is not None:
+                    return out
             if n.target is QUANT:
                 return pending.requant(n, pending.clip) if pending else quantize_linear(args[0], *args[1:6])
             if pending is not None:
@@ -255,6 +263,28 @@ class _Emulator(fx.Interpreter):
             elif n.target is aten.add.Tensor and len(n.args) == 2 and not kwargs:
                 return self._add(n, args, value)
             return value()
+
+
+FLOAT_KERNELS = {aten.layer_norm.default, aten.gelu.default, aten.softmax.int, aten._softmax.default}
+
+
+def _float_kernel(target, args) -> torch.Tensor | None:
+    """onnxruntime's float kernel for a LayerNorm, exact GELU or Softmax as MLAS computes it
+    (`lowbit.export.mlas_float`), or None where MLAS has no kernel of that shape (the QDQ graph's op runs)."""
+    x = args[0]
+    if not (isinstance(x, torch.Tensor) and x.dtype == F32 and x.dim() > 0):
+        return None
+    if target is aten.layer_norm.default:
+        shape, weight, bias, eps = (*args[1:5], *(None, None, 1e-5)[len(args[2:5]):])
+        if len(shape) != 1 or x.shape[-1] < mlas_float.LAYER_NORM_MIN:
+            return None
+        return mlas_float.layer_norm(x, weight, bias, eps)
+    if target is aten.gelu.default:
+        return mlas_float.gelu(x) if args[1:] in ((), ("none",)) else None  # "tanh" (FastGelu): not emulated
+    dim = args[1]
+    if dim % x.dim() != x.dim() - 1 or (target is aten._softmax.default and args[2]):
+        return None
+    return mlas_float.softmax(x)
 
 
 def _keeps_zero(n: fx.Node, args) -> bool:

@@ -141,8 +141,8 @@ def provenance(command: str) -> list[str]:
             f"{', '.join(cpu['flags'])}; load average at the end {os.getloadavg()[0]:.1f}.  "]
 
 
-def per_model_script(doc: str, script: str, measure: Callable[[str, int, Path], dict], runs: int,
-                     results: Path) -> tuple[str, dict, int]:
+def per_model_script(doc: str, script: str, measure: Callable[[str, int, Path], dict], runs: int, results: Path,
+                     models: tuple[str, ...] = ("efficientnet-lite0", "minilm")) -> tuple[str, dict, int]:
     """The shared main() of a per-model profiling script (bench/kernel_split.py, bench/signedness.py): parse
     `--models` and `--runs`, call `measure(model, runs, work folder)` per model, write {"command", "models"} to
     `results`; returns (command, {model: measurement}, runs)."""
@@ -152,7 +152,7 @@ def per_model_script(doc: str, script: str, measure: Callable[[str, int, Path], 
     import tempfile
 
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["efficientnet-lite0", "minilm"])
+    ap.add_argument("--models", nargs="+", default=list(models))
     ap.add_argument("--runs", type=int, default=runs)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix=f"lowbit-{Path(script).stem}-"))

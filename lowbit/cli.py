@@ -120,10 +120,12 @@ def _quantize_options(func):
                      "model as QDQ ONNX here (with an fp32 ONNX beside it), in the layout onnxruntime runs as "
                      "integer kernels on this CPU, and measure both in onnxruntime: latency, integer-kernel "
                      "share, metrics, parity with the simulation."),
-        click.option("--nbits-compute", type=click.Choice(["float", "int8"]), default="float", show_default=True,
+        click.option("--nbits-compute", type=click.Choice(["float", "int8", "fastest"]), default="float",
+                     show_default=True,
                      help="How onnxruntime multiplies with exported per-group int4/int8 weights (MatMulNBits): "
-                     "float inputs (W4A16, as simulated), or int8: each block of inputs quantized on the fly "
-                     "(dynamic W4A8, faster on VNNI CPUs, outputs move a little)."),
+                     "float inputs (W4A16, as simulated), int8: each block of inputs quantized on the fly "
+                     "(dynamic W4A8, faster on some CPUs, outputs move a little), or fastest: both timed on "
+                     "this CPU, the faster kept (the summary names it)."),
         click.option("--keep-float", multiple=True, help="Keep layers matching this name glob in float "
                      "(repeatable)."),
         click.option("--mixed-precision", type=float, default=None, help="Keep the fewest most sensitive "

@@ -167,6 +167,19 @@ def test_export_with_int8_nbits_compute_writes_accuracy_level_4(user_model):
     assert summary["onnx"]["parity_within_one_step"] < 1.0  # int8 inputs in onnxruntime, float in the simulation
 
 
+def test_export_with_fastest_nbits_compute_times_both_and_names_the_choice(user_model):
+    tmp_path, _ = user_model
+    calib = tmp_path / "rows.pt"
+    torch.save(torch.randn(16, 128, generator=torch.Generator().manual_seed(2)), calib)
+    out = tmp_path / "mlp.onnx"
+    result = invoke("--model", f"{FACTORY_MODULE}:small_mlp", "--calib", str(calib), "--preset", "w4a16",
+                    "--export", str(out), "--nbits-compute", "fastest")
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if "MatMulNBits compute:" in x)
+    assert "float " in line and "int8 " in line and " ms" in line
+    assert not (tmp_path / "mlp.int8-compute.onnx").exists()
+
+
 def test_quantize_embeddings_flag_sets_the_embedding_spec():
     from lowbit.config import EMBEDDING_INT8
     from lowbit.quantize_cmd import QuantizeRequest, build_config

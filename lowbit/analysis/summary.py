@@ -160,6 +160,10 @@ def _onnx_lines(o: dict, fp32_metrics: dict) -> list[str]:
     if "parity_emulated" in o:
         lines.append(f"         {o['parity_emulated']:.2%} within one step of onnxruntime's integer arithmetic "
                      f"emulated in torch (lowbit.export.emulate), {o['emulated_equal']:.2%} bit for bit equal")
+    choice = o.get("nbits_compute")
+    if choice:
+        timed = ", ".join(f"{k} {v:.1f} ms" for k, v in choice["ms"].items()) or choice.get("reason", "")
+        lines.append(f"         MatMulNBits compute: {choice['chosen']} ({timed})")
     layers = o.get("layer_parity")
     if layers and layers["quantizers"]:
         lines.append(f"         layer by layer (each fed onnxruntime's own inputs): {layers['median_equal']:.3%} of "

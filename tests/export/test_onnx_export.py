@@ -159,6 +159,45 @@ def test_int4_matmul_nbits_with_int8_compute_quantizes_its_input_per_block(int4_
     assert not (tmp_path / "bad.onnx").exists()
 
 
+def _levels(path) -> list[int]:
+    return [a.i for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits" for a in n.attribute
+            if a.name == "accuracy_level"]
+
+
+@pytest.mark.parametrize("faster", ["float", "int8"])
+def test_fastest_nbits_compute_keeps_the_faster_file(int4_mlp, tmp_path, monkeypatch, faster):
+    """deploy's nbits_compute="fastest": both MatMulNBits compute types exported and timed, the faster one left at
+    the path (timings stubbed here to decide; the speed itself belongs to bench/)."""
+    from lowbit.export import deploy
+
+    _, qm = int4_mlp
+    x = torch.randn(8, 256, generator=torch.Generator().manual_seed(3))
+    timed = []
+
+    def stub(sessions, batch, repeats=deploy.REPEATS):
+        timed.append(sorted(sessions))
+        return {k: (1.0 if k == faster else 2.0) for k in sessions}
+
+    monkeypatch.setattr(deploy, "median_ms", stub)
+    path = tmp_path / "w4.onnx"
+    choice = deploy.fastest_nbits_compute(qm, (x[:2],), path, (x,))
+    assert choice["chosen"] == faster and timed == [["float", "int8"]]
+    assert _levels(path) == ([4, 4] if faster == "int8" else [0, 0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w4.onnx"]
+
+
+def test_fastest_nbits_compute_without_matmul_nbits_keeps_float(tmp_path):
+    from lowbit.export.deploy import fastest_nbits_compute
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
+    qm = lowbit.quantize(model, [torch.randn(8, 32)], "w8a8")
+    x = torch.randn(4, 32)
+    choice = fastest_nbits_compute(qm, (x[:2],), tmp_path / "m.onnx", (x,))
+    assert choice == {"chosen": "float", "ms": {}, "reason": "no MatMulNBits in the file"}
+    assert (tmp_path / "m.onnx").exists()
+
+
 def test_pt2e_program_equals_simulation(cnn_full):
     x = images(1, batch=4, seed=2)[0][0]
     program = to_exported_program(cnn_full, (x[:2],))

@@ -150,16 +150,22 @@ def test_export_runs_int8_in_onnxruntime_on_fashion_cnn(tmp_path):
     assert abs(onnx_info["metrics"]["accuracy"] - summary["accuracy"]) <= 0.01
 
 
-def test_export_with_int8_nbits_compute_writes_accuracy_level_4(user_model):
-    import onnx
-
+def _export_w4_mlp(user_model, *flags):
+    """`lowbit quantize` of the small MLP at w4a16 with --export and `flags`: (exported path, result)."""
     tmp_path, _ = user_model
     calib = tmp_path / "rows.pt"
     torch.save(torch.randn(16, 128, generator=torch.Generator().manual_seed(2)), calib)
     out = tmp_path / "mlp.onnx"
     result = invoke("--model", f"{FACTORY_MODULE}:small_mlp", "--calib", str(calib), "--preset", "w4a16",
-                    "--export", str(out), "--nbits-compute", "int8", "--json")
+                    "--export", str(out), *flags)
     assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_export_with_int8_nbits_compute_writes_accuracy_level_4(user_model):
+    import onnx
+
+    out, result = _export_w4_mlp(user_model, "--nbits-compute", "int8", "--json")
     nodes = [n for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits"]
     assert len(nodes) == 2 and all(a.i == 4 for n in nodes for a in n.attribute if a.name == "accuracy_level")
     assert all(any(a.name == "accuracy_level" for a in n.attribute) for n in nodes)
@@ -168,16 +174,10 @@ def test_export_with_int8_nbits_compute_writes_accuracy_level_4(user_model):
 
 
 def test_export_with_fastest_nbits_compute_times_both_and_names_the_choice(user_model):
-    tmp_path, _ = user_model
-    calib = tmp_path / "rows.pt"
-    torch.save(torch.randn(16, 128, generator=torch.Generator().manual_seed(2)), calib)
-    out = tmp_path / "mlp.onnx"
-    result = invoke("--model", f"{FACTORY_MODULE}:small_mlp", "--calib", str(calib), "--preset", "w4a16",
-                    "--export", str(out), "--nbits-compute", "fastest")
-    assert result.exit_code == 0, result.output
+    out, result = _export_w4_mlp(user_model, "--nbits-compute", "fastest")
     line = next(x for x in result.output.splitlines() if "MatMulNBits compute:" in x)
     assert "float " in line and "int8 " in line and " ms" in line
-    assert not (tmp_path / "mlp.int8-compute.onnx").exists()
+    assert out.exists() and not out.with_name("mlp.int8-compute.onnx").exists()
 
 
 def test_quantize_embeddings_flag_sets_the_embedding_spec():

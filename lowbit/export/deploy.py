@@ -12,8 +12,9 @@ and `emulated_equal`: the share of output elements bit-identical).
 `nbits_compute="fastest"` (per-group weight-only models, MatMulNBits): exports the file with each compute type
 onnxruntime offers, float inputs (W4A16, as simulated) and int8 inputs per block (dynamic W4A8), times both on this
 CPU and keeps the faster; the result's `nbits_compute` names the choice and both timings. Which one wins depends
-on the CPU (BENCHMARKS.md: int8 compute 1.21-1.50x faster than fp32 on an AMD EPYC, 0.89x on an Intel Xeon with
-AMX), and int8 compute moves the outputs a little (SmolLM2 perplexity 31.82 -> 32.07).
+on the CPU and the weights (on an AMD EPYC int8 compute ran 1.21x (int4) and 1.50x (int8 weights) over fp32; on
+an Intel Xeon with AMX float compute is the faster for int4 weights, int8 compute for int8 weights: BENCHMARKS.md,
+"MatMulNBits compute type"), and int8 compute moves the outputs a little (SmolLM2 perplexity 31.82 -> 32.07).
 """
 
 from __future__ import annotations

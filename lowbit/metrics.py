@@ -46,6 +46,18 @@ def top1_agreement(reference: torch.Tensor, test: torch.Tensor) -> float:
     return (reference.argmax(-1) == test.argmax(-1)).double().mean().item()
 
 
+def confident_top1_agreement(reference: torch.Tensor, test: torch.Tensor, threshold: float = 0.5) -> float:
+    """top1_agreement over the rows whose reference softmax puts at least `threshold` on its top-1 class: the
+    predictions the reference model is sure of (NaN when there are none). A near-tie of the reference flips under any
+    perturbation, so agreement over all rows of an ambiguous evaluation set bounds what quantization can reach."""
+    reference, test = torch.as_tensor(reference), torch.as_tensor(test)
+    _check_same_shape(reference, test, "confident_top1_agreement")
+    sure = torch.softmax(_f64(reference), -1).max(-1).values >= threshold
+    if not bool(sure.any()):
+        return float("nan")
+    return (reference.argmax(-1) == test.argmax(-1))[sure].double().mean().item()
+
+
 def logit_kl(reference: torch.Tensor, test: torch.Tensor) -> float:
     """Mean over rows of KL(softmax(reference) || softmax(test)), in nats."""
     reference, test = _f64(reference), _f64(test)

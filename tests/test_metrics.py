@@ -26,6 +26,15 @@ def test_top1_agreement_compares_argmaxes():
     assert metrics.top1_agreement(reference, reference) == 1.0
 
 
+def test_confident_top1_agreement_counts_only_rows_the_reference_is_sure_of():
+    reference = torch.tensor([[0.0, 0.1, 0.05], [5.0, 0.0, 0.0], [0.0, 0.0, 4.0]])  # a near-tie, two sure rows
+    test = torch.tensor([[0.2, 0.1, 0.0], [4.0, 0.0, 0.0], [0.0, 3.0, 0.0]])  # flips the tie and the third row
+    assert metrics.top1_agreement(reference, test) == pytest.approx(1 / 3)
+    assert metrics.confident_top1_agreement(reference, test) == 0.5  # rows 1 and 2 (top-1 probability >= 0.5)
+    assert metrics.confident_top1_agreement(reference, test, threshold=0.975) == 1.0  # row 1 alone (0.987; 0.965)
+    assert math.isnan(metrics.confident_top1_agreement(reference[:1], test[:1]))
+
+
 def test_logit_kl_matches_hand_computation():
     # row 0: p = softmax([0, ln 3]) = [1/4, 3/4], q = [1/2, 1/2]; row 1: identical rows, KL 0
     reference = torch.tensor([[0.0, math.log(3.0)], [1.0, 2.0]], dtype=torch.float64)

@@ -15,7 +15,7 @@ def task():
 
 def test_fp32_scores_perfect_fidelity(task):
     result = task.evaluate(task.model)
-    assert result["top1_agreement"] == 1.0
+    assert result["top1_agreement"] == 1.0 and result["top1_agreement_confident"] == 1.0
     assert result["logit_kl"] == pytest.approx(0.0, abs=1e-9)
 
 

@@ -230,15 +230,16 @@ class _Emulator(fx.Interpreter):
             fx.node.map_aggregate(args, flat.append)
             pending = next((a for a in flat if isinstance(a, _Pending)), None)
 
-            def value(args=args):  # the node as the QDQ graph computes it, a pending input by its float value
-                floats = fx.node.map_aggregate(args, lambda a: a.value() if isinstance(a, _Pending) else a)
-                return getattr(self, n.op)(n.target, floats, kwargs)
+            def floats(args=args):  # a pending input by its float value
+                return fx.node.map_aggregate(args, lambda a: a.value() if isinstance(a, _Pending) else a)
+
+            def value(args=args):  # the node as the QDQ graph computes it
+                return getattr(self, n.op)(n.target, floats(args), kwargs)
 
             if n.op != "call_function":
                 return value()
             if n.target in FLOAT_KERNELS and not kwargs:
-                floats = fx.node.map_aggregate(args, lambda a: a.value() if isinstance(a, _Pending) else a)
-                out = _float_kernel(n.target, floats)
+                out = _float_kernel(n.target, floats())
                 if out is not None:
                     return out
             if n.target is QUANT:

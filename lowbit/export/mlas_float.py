@@ -100,6 +100,12 @@ def _poly(coefficients, x: torch.Tensor) -> torch.Tensor:
     return p
 
 
+def _reduce(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MLAS's exp range reduction: (m, f) with m = round(v / ln 2) and f = v - m * ln 2 (two fma steps)."""
+    m = fma(v, _c(_LOG2E), _c(_ROUNDING_BIAS)) - _c(_ROUNDING_BIAS)
+    return m, fma(m, _c(_LN2_LO), fma(m, _c(_LN2_HI), v))
+
+
 def erf(x: torch.Tensor) -> torch.Tensor:
     """erf as `MlasErfKernelFma3` (module docstring)."""
     x = x.to(F32)
@@ -108,8 +114,7 @@ def erf(x: torch.Tensor) -> torch.Tensor:
     big = a >= _c(0.921875)
     b = torch.where(big, a, torch.zeros_like(a))
     r = torch.maximum(-fma(_poly(_ERF_BIG, b), b, b), _c(-88.3762626647949))
-    m = fma(_c(_LOG2E), r, _c(_ROUNDING_BIAS)) - _c(_ROUNDING_BIAS)
-    f = fma(m, _c(_LN2_LO), fma(m, _c(_LN2_HI), r))
+    m, f = _reduce(r)
     e = _poly(_ERF_EXP, f) * torch.ldexp(torch.ones_like(m), m.to(torch.int32)).to(F32)  # 2^m exactly
     return torch.copysign(torch.where(big, _c(1.0) - e, small), x)
 
@@ -128,14 +133,13 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
     """Softmax over the last axis as `MlasComputeSoftmax` with the AVX512F kernels (module docstring)."""
     x = x.to(F32)
     v = torch.maximum(_c(-103.9720840454), x - x.max(-1, keepdim=True).values)
-    m = fma(v, _c(_LOG2E), _c(_ROUNDING_BIAS)) - _c(_ROUNDING_BIAS)
-    v = fma(m, _c(_LN2_LO), fma(m, _c(_LN2_HI), v))
-    e = torch.ldexp(_poly(_EXP_POLY, v).to(F64), m.to(F64)).to(F32)  # vscalefps: p * 2^m, one rounding
+    m, f = _reduce(v)
+    e = torch.ldexp(_poly(_EXP_POLY, f).to(F64), m.to(F64)).to(F32)  # vscalefps: p * 2^m, one rounding
     d, lead = x.shape[-1], x.shape[:-1]
     acc = torch.zeros(*lead, 16, dtype=F32)
     for i in range(0, d, 16):
         chunk = e[..., i:i + 16]
-        acc = torch.cat([acc[..., :chunk.shape[-1]] + chunk, acc[..., chunk.shape[-1]:]], -1)  # masked tail
+        acc[..., :chunk.shape[-1]] += chunk  # a masked tail leaves the other lanes as they are
     b = acc[..., 8:] + acc[..., :8]
     total = ((b[..., 0] + b[..., 1]) + (b[..., 2] + b[..., 3])) + ((b[..., 4] + b[..., 5]) + (b[..., 6] + b[..., 7]))
     return e * (_c(1.0) / total)[..., None]

@@ -134,9 +134,8 @@ def measure(task, work: Path, repair: bool) -> list[dict]:
 
 def _one_ulp(qmodel, batch) -> dict:
     """{"parity_one_ulp": rounding_parity} where the model has an activation quantizer to nudge, else {}."""
-    if not any(isinstance(m, ActQuantizer) and m.enabled and not m.kept_float for m in qmodel.modules()):
-        return {}
-    return {"parity_one_ulp": rounding_parity(qmodel, batch)}
+    value = rounding_parity(qmodel, batch)
+    return {} if value is None else {"parity_one_ulp": value}
 
 
 def _first_layers(task, k: int):

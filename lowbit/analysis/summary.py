@@ -160,7 +160,7 @@ def _onnx_lines(o: dict, fp32_metrics: dict) -> list[str]:
     if "parity_emulated" in o:
         lines.append(f"         {o['parity_emulated']:.2%} within one step of onnxruntime's integer arithmetic "
                      f"emulated in torch (lowbit.export.emulate), {o['emulated_equal']:.2%} bit for bit equal")
-    if "parity_one_ulp" in o:
+    if o.get("parity_one_ulp") is not None:
         lines.append(f"         {o['parity_one_ulp']:.2%} for the simulation against itself with one ulp moved at each "
                      f"quantizer's input (what float rounding alone moves)")
     choice = o.get("nbits_compute")

@@ -154,13 +154,17 @@ def one_ulp_nudge(qmodel, seed: int = 0):
             h.remove()
 
 
-def rounding_parity(qmodel, batch, seed: int = 0) -> float:
+def rounding_parity(qmodel, batch, seed: int = 0) -> float | None:
     """`parity` of the simulation against itself under `one_ulp_nudge`: what a runtime whose float arithmetic (sums
     in another order, fused kernels) differs from torch's by as little as one ulp where values meet the integer
     grid could reach. A code within an ulp of a rounding boundary flips, the flip moves the next layer's sums, and a
     deep model compounds the flips; where this parity is already below the 99.9% target, no runtime that does not
     reproduce torch's float rounding bit for bit can meet it, and the output parity measures that sensitivity
-    rather than the export. A model without activation quantizers gets 1.0 (nothing to flip)."""
+    rather than the export. None for a model without an enabled activation quantizer (nothing to flip)."""
+    from lowbit.graph.quantizers import ActQuantizer
+
+    if not any(isinstance(m, ActQuantizer) and m.enabled and not m.kept_float for m in qmodel.modules()):
+        return None
     with torch.inference_mode():
         reference = qmodel(*batch).float()
         with one_ulp_nudge(qmodel, seed):

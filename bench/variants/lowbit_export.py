@@ -15,9 +15,8 @@
   model; the parity note measures the difference);
 - lowbit-w8a8-nbits-ort: int8 weights per group of 128 (`w8a16-g128`) as MatMulNBits with int8 compute: the
   near-lossless LLM path (one weight scale and one input scale per block of 128).
-Embedding tables are quantized too (int8 per row; int4 per group of 32 in the int4 models, `EMBEDDING_INT4`;
-SmolLM2's tied table is gathered from its LM head's int4 codes with GatherBlockQuantized), so the files hold no
-float table.
+Embedding tables are quantized too (int8 per row; SmolLM2's tied table is gathered from its LM head's int4 codes
+with GatherBlockQuantized), so the files hold no float table.
 Every build records the share of onnxruntime kernel time spent in integer kernels and the parity of the runtime
 with lowbit's torch simulation and with lowbit's emulation of onnxruntime's kernels (`lowbit.export.emulate`;
 elements within one output step, and the share equal bit for bit) in the row's note.
@@ -34,14 +33,9 @@ import torch
 from bench.common import Built, NotApplicable, register_variant
 from bench.onnx_io import ONNX_OUTPUT_PREFIX, dynamic_shapes, export_inputs, feeds, ort_runner
 from bench.variants.fp32 import LLM_NO_COMPILE, compiled_runner
-from lowbit.config import Mode, PassSpec, QuantConfig, QuantSpec, preset
-from lowbit.core import PerGroup, get_qtype
+from lowbit.config import Mode, PassSpec, QuantConfig, preset
 
 ESTIMATOR = "mse"
-# int4 models' untied tables (MiniLM's 30522 x 384 word table is half its weights): per group of 32, the file
-# 17.93 -> 13.71 MB (1/6.6 of fp32) at onnxruntime cosine 0.9829 -> 0.9774 on 200 sentences (W4A16 GPTQ, 2026-12-03);
-# groups of 64: 12.78 MB at 0.9744
-EMBEDDING_INT4 = QuantSpec(get_qtype("int4"), PerGroup(32))
 PARITY_ROWS = 8
 
 
@@ -100,12 +94,8 @@ def quantize_deployable(task, calib, name: str = "w8a8", embeddings: bool = True
         config, why = repaired_dynamic(config, task.model, calib)
         notes.append(why)
     if embeddings and any(isinstance(m, torch.nn.Embedding) for m in task.model.modules()):
-        if config.weight is not None and getattr(config.weight.qtype, "bits", 8) <= 4:
-            config = config.with_embeddings(EMBEDDING_INT4)
-            notes.append("embedding tables int4 per group of 32 (a tied table shares its LM head's codes)")
-        else:
-            config = config.with_embeddings()
-            notes.append("embedding tables int8 per row (a tied table shares its LM head's codes)")
+        config = config.with_embeddings()
+        notes.append("embedding tables int8 per row (a tied table shares its LM head's codes)")
     start = time.perf_counter()
     qmodel = lowbit.quantize(task.model, calib, config, progress=False)
     return qmodel, time.perf_counter() - start, notes

@@ -31,7 +31,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import argparse  # noqa: E402
-import copy  # noqa: E402
 import dataclasses  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
@@ -54,6 +53,7 @@ from lowbit.export.deploy import emulated_parity, one_ulp_nudge, parity, roundin
 from lowbit.export.layer_parity import layer_parity  # noqa: E402
 from lowbit.export.qdq import to_qdq  # noqa: E402
 from lowbit.graph.quantizers import ActQuantizer  # noqa: E402
+from lowbit.zoo.smollm2 import first_layers  # noqa: E402
 
 SECTION = "## Parity of onnxruntime with the simulation"
 MODELS = ("fashion-cnn", "efficientnet-lite0", "minilm", "smollm2")
@@ -138,14 +138,6 @@ def _one_ulp(qmodel, batch) -> dict:
     return {} if value is None else {"parity_one_ulp": value}
 
 
-def _first_layers(task, k: int):
-    """The task with SmolLM2 cut to its first `k` decoder layers (final norm and LM head kept)."""
-    model = copy.deepcopy(task.model)
-    model.lm.model.layers = model.lm.model.layers[:k]
-    model.lm.config.num_hidden_layers = k
-    return dataclasses.replace(task, model=model)
-
-
 def _llm_row(task, work: Path, batch, label: str, built, compute: str, filename: str, score: bool = False) -> dict:
     """One SmolLM2 build's parity row; `score`: also its task metrics on every evaluation window, in the simulation,
     in the simulation under `one_ulp_nudge` (two seeds) and in onnxruntime as deployed."""
@@ -183,7 +175,7 @@ def measure_llm(task, work: Path) -> list[dict]:
     models.clear()
     layers = len(task.model.lm.model.layers)
     for k in DEPTHS:
-        cut = _first_layers(task, k)
+        cut = dataclasses.replace(task, model=first_layers(task.model, k))
         built = quantize_deployable(cut, cut.calib, "w8a8-dynamic")
         rows.append(_llm_row(cut, work, batch, f"w8a8-dynamic, first {k} of {layers} decoder layers", built,
                              "float", f"{task.name}-first{k}.onnx"))

@@ -129,12 +129,17 @@ def parity(qmodel, runtime: Callable, batch) -> float:
     return float(((got - sim).abs() <= step).float().mean())
 
 
+def _grid_quantizers(qmodel) -> list:
+    """The activation quantizers that put values on an integer grid (enabled, not kept float)."""
+    from lowbit.graph.quantizers import ActQuantizer
+
+    return [m for m in qmodel.modules() if isinstance(m, ActQuantizer) and m.enabled and not m.kept_float]
+
+
 @contextlib.contextmanager
 def one_ulp_nudge(qmodel, seed: int = 0):
     """Within the block, the input of every enabled activation quantizer of `qmodel` moves one float ulp up or down
     at random (seeded) on each call: the simulation as a runtime computing in another float order might see it."""
-    from lowbit.graph.quantizers import ActQuantizer
-
     gen = torch.Generator().manual_seed(seed)
 
     def nudge(_module, args):
@@ -145,8 +150,7 @@ def one_ulp_nudge(qmodel, seed: int = 0):
         toward = torch.where(up, torch.tensor(float("inf"), dtype=x.dtype), torch.tensor(float("-inf"), dtype=x.dtype))
         return (torch.nextafter(x, toward), *args[1:])
 
-    quantizers = [m for m in qmodel.modules() if isinstance(m, ActQuantizer) and m.enabled and not m.kept_float]
-    hooks = [q.register_forward_pre_hook(nudge) for q in quantizers]
+    hooks = [q.register_forward_pre_hook(nudge) for q in _grid_quantizers(qmodel)]
     try:
         yield qmodel
     finally:
@@ -161,9 +165,7 @@ def rounding_parity(qmodel, batch, seed: int = 0) -> float | None:
     deep model compounds the flips; where this parity is already below the 99.9% target, no runtime that does not
     reproduce torch's float rounding bit for bit can meet it, and the output parity measures that sensitivity
     rather than the export. None for a model without an enabled activation quantizer (nothing to flip)."""
-    from lowbit.graph.quantizers import ActQuantizer
-
-    if not any(isinstance(m, ActQuantizer) and m.enabled and not m.kept_float for m in qmodel.modules()):
+    if not _grid_quantizers(qmodel):
         return None
     with torch.inference_mode():
         reference = qmodel(*batch).float()

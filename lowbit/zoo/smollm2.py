@@ -43,6 +43,17 @@ class CausalLMLogits(nn.Module):
         return self.lm(input_ids=input_ids, use_cache=False).logits
 
 
+def first_layers(model: CausalLMLogits, k: int) -> CausalLMLogits:
+    """A copy of `model` cut to its first `k` decoder layers (embedding, final norm and LM head kept): the real
+    architecture at a fraction of the cost, for tests and depth studies."""
+    import copy
+
+    cut = copy.deepcopy(model)
+    cut.lm.model.layers = cut.lm.model.layers[:k]
+    cut.lm.config.num_hidden_layers = k
+    return cut
+
+
 @cache
 def tokenizer():
     """The tokenizer stored in the GGUF file (cached: building it takes ~10 s)."""

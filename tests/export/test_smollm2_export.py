@@ -3,8 +3,6 @@ embeddings, SwiGLU MLP, RMSNorm, tied LM head), exported weight-only int4 (MatMu
 from the LM head's codes) and with dynamic int8 activations (DynamicQuantizeMatMul), against the simulation and the
 emulation. The full 30-layer model runs in bench/ (BENCHMARKS.md: runtime comparison, parity)."""
 
-import copy
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -16,14 +14,13 @@ import lowbit.zoo
 from lowbit.export import integer_share, to_onnx
 from lowbit.export.deploy import emulated_parity, parity, rounding_parity
 from lowbit.export.layout import deployable
+from lowbit.zoo.smollm2 import first_layers
 
 
 @pytest.fixture(scope="module")
 def one_layer():
     task = lowbit.zoo.load("smollm2", n_calib=2, n_eval=2)
-    model = copy.deepcopy(task.model)
-    model.lm.model.layers = model.lm.model.layers[:1]
-    model.lm.config.num_hidden_layers = 1
+    model = first_layers(task.model, 1)
     ids = task.eval[0][0][:2, :128]  # batch 2: torch.export would fix a batch of 1 into the graph
     # calibrated on the zoo's 256-token windows: captured on windows of 64 tokens or fewer, the QDQ graph fails to
     # translate to ONNX (aten.sym_stride on input_ids; not traced yet)

@@ -96,9 +96,13 @@ def feeds(session_inputs: list[str], input_names: tuple[str, ...], batch: Batch)
     return {name: by_name[name].numpy() for name in session_inputs}
 
 
-def session(path: Path | bytes, threads: int, optimize: bool = True, disabled_optimizers: tuple[str, ...] = ()):
-    """A CPU session with fixed threads and no spinning (idle spinning distorts alternated timings), for an ONNX
-    file or a serialized model; `disabled_optimizers` names onnxruntime graph transforms to skip.
+def session(path: Path | bytes, threads: int, optimize: bool = True, disabled_optimizers: tuple[str, ...] = (),
+            spinning: bool = False):
+    """A CPU session with fixed threads, for an ONNX file or a serialized model; `disabled_optimizers` names
+    onnxruntime graph transforms to skip. `spinning`: onnxruntime's default, worker threads spin between parallel
+    sections instead of sleeping (what a deployment gets; `bench.timing.alternate` leaves a gap between variants so
+    that one variant's spinning threads do not steal the next one's cores); off by default here for the benches
+    that time one session at a time beside other work.
 
     optimize=False turns every graph optimization off: a QDQ model then runs as float DequantizeLinear ->
     Conv/MatMul -> QuantizeLinear (quantization emulated in fp32) instead of being fused into int8 kernels.
@@ -111,20 +115,22 @@ def session(path: Path | bytes, threads: int, optimize: bool = True, disabled_op
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     model = path if isinstance(path, bytes) else str(path)
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=list(disabled_optimizers))
 
 
 def ort_runner(path: Path, input_names: tuple[str, ...], optimize: bool = True):
-    """Runner factory for an ONNX file: one session per thread count, created on first use."""
+    """Runner factory for an ONNX file: one session per thread count, created on first use, with onnxruntime's
+    default thread spinning (as torch's OpenMP threads keep theirs in bench/run.py)."""
     cache: dict[int, object] = {}
 
     def make(threads: int) -> Runner:
         if threads not in cache:
-            cache[threads] = session(path, threads, optimize)
+            cache[threads] = session(path, threads, optimize, spinning=True)
         sess = cache[threads]
         names = [i.name for i in sess.get_inputs()]
 

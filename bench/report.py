@@ -72,9 +72,16 @@ NOTES = """How the peers were run (details in bench/peers/*.py):
   it unless the Transpose is first folded into a copy of the table (done for `nncf-weight-int8`).
 - The fp32 ONNX file is exported with batch and sequence dynamic (Dim.DYNAMIC, example grown to 2 rows: an
   example of batch 1 fixed SmolLM2's batch to 1) and checked to keep those axes symbolic.
-- Compiled variants are compiled once per batch size (static shapes) in the runner's process, so they have no
-  child-process peak RSS. SmolLM2: latency on one window of 128 tokens, batch 1 only; static int8 and compile
-  rows say why they were not run."""
+- Compiled variants are compiled once per batch size (static shapes) and thread count in the runner's process, so
+  they have no child-process peak RSS (inductor writes the thread count into its fused kernels at compile time).
+- Threads keep each runtime's default spinning between parallel sections (OpenMP's for torch, allow_spinning for
+  onnxruntime), with 0.1 s of sleep before every timed sample so that the previous variant's threads have stopped
+  spinning (measured: onnxruntime's spin about 25 ms after a run, torch's about 5 ms). Runs before 2026-12-03 turned
+  spinning off in both (OMP_WAIT_POLICY=PASSIVE, allow_spinning=0) and compiled once under 1 thread: that wakes
+  sleeping threads at each of inductor's many small parallel regions, so compiled torch at 2 threads ran slower at
+  batch 1 than at 1 thread (MiniLM int8 PT2E b1 t2 15.0 ms passive, 4.2 ms spinning; b32 t2 62.6 against 48.0).
+- SmolLM2: latency on one window of 128 tokens, batch 1 only; static int8 and compile rows say why they were not
+  run."""
 
 
 def _metric_text(metrics: dict | None, primary: str) -> str:

@@ -17,9 +17,13 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no compile worker pools (we fork children)
-# Idle OpenMP threads must not spin (as onnxruntime's allow_spinning=0): on a shared, oversubscribed
-# 2-core machine torch's spinning workers made 2-thread runs up to 30x slower than 1-thread runs.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Both runtimes keep their default thread spinning (OpenMP's for torch, allow_spinning for onnxruntime): that is
+# what a deployment runs with. Runs before 2026-12-03 set OMP_WAIT_POLICY=PASSIVE and allow_spinning=0, which
+# wakes sleeping threads at every parallel region: inductor's many small regions paid most (MiniLM, compiled,
+# 2 threads: fp32 b32 159 ms and int8 PT2E b1 15.0 / b32 62.6 ms passive, against 139, 4.2 and 48.0 spinning).
+# `bench.timing.alternate` leaves a gap between variants, so that one variant's spinning threads have gone to
+# sleep before the next one is timed (without it, spinning workers on this 2-core machine made 2-thread runs up to
+# 30x slower).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

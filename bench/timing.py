@@ -1,7 +1,9 @@
 """Latency of several variants side by side: warm up, then alternate A B C ... C B A, medians.
 
 Each sample times `inner` back-to-back calls, with `inner` chosen from the warm-up so that a sample lasts at
-least MIN_SAMPLE_S (timer resolution and scheduling noise matter for sub-millisecond models).
+least MIN_SAMPLE_S (timer resolution and scheduling noise matter for sub-millisecond models). Before each sample
+the caller sleeps SETTLE_S: the previous variant's runtime threads spin for a while after their last call (OpenMP's
+and onnxruntime's defaults) and would otherwise share the cores with the sample.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 from collections.abc import Callable
 
 MIN_SAMPLE_S = 0.02
+SETTLE_S = 0.1
 MS_PER_S = 1000.0
 
 
@@ -39,6 +42,7 @@ def alternate(calls: dict[str, Callable[[], object]], repeats: int, warmup: int)
     for rep in range(repeats):
         order = live if rep % 2 == 0 else live[::-1]
         for name in order:
+            time.sleep(SETTLE_S)
             samples[name].append(_timed(calls[name], inner[name]) * MS_PER_S)
     out = {n: {"median_ms": statistics.median(s), "samples_ms": s, "inner": inner[n]} for n, s in samples.items()}
     out.update({n: {"error": e} for n, e in errors.items()})

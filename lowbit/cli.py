@@ -110,9 +110,10 @@ def _quantize_options(func):
                      "percentile, mse, kl, admm, aciq, or easyquant (scale search after minmax)."),
         click.option("--fully-quantized", is_flag=True, help="Also quantize outputs of add, concat, "
                      "pooling, activations and layer norm."),
-        click.option("--quantize-embeddings", is_flag=True, help="Also quantize embedding tables, int8 per "
-                     "row, weight-only (a table tied to a quantized LM head shares its codes); ONNX keeps the "
-                     "table as int8 and dequantizes only the gathered rows."),
+        click.option("--quantize-embeddings", is_flag=True, help="Also quantize embedding tables, weight-only: "
+                     "int8 per row, or int4 per group of 32 with a 4-bit preset (a table tied to a quantized LM "
+                     "head shares its codes); ONNX keeps the table as codes and dequantizes only the gathered "
+                     "rows."),
         click.option("--pass", "passes", multiple=True, help="A post-training pass, NAME or NAME:key=value,..."
                      " (repeatable, run in order; `lowbit passes` lists them), e.g. --pass equalize "
                      "--pass adaround:iters=500."),

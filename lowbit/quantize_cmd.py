@@ -64,7 +64,7 @@ def build_config(req: QuantizeRequest) -> QuantConfig:
     if req.fully_quantized:
         config = replace(config, fully_quantized=True)
     if req.quantize_embeddings:
-        config = config.with_embeddings()
+        config = config.with_matching_embeddings()
     if req.passes:
         from lowbit.ptq import PASSES
 

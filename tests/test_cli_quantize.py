@@ -182,10 +182,12 @@ def test_export_with_fastest_nbits_compute_times_both_and_names_the_choice(user_
 
 
 def test_quantize_embeddings_flag_sets_the_embedding_spec():
-    from lowbit.config import EMBEDDING_INT8
+    from lowbit.config import EMBEDDING_INT4, EMBEDDING_INT8
     from lowbit.quantize_cmd import QuantizeRequest, build_config
 
     assert build_config(QuantizeRequest(model="m", quantize_embeddings=True)).embedding == EMBEDDING_INT8
+    int4 = QuantizeRequest(model="m", preset="w4a16", quantize_embeddings=True)
+    assert build_config(int4).embedding == EMBEDDING_INT4  # an int4 model's tables at its width
     assert build_config(QuantizeRequest(model="m")).embedding is None
     result = CliRunner().invoke(main, ["quantize", "--help"])
     assert "--quantize-embeddings" in result.output

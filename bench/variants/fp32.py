@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,15 +37,23 @@ def compile_frozen(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def compiled_runner(module: torch.nn.Module, full_rows: int):
-    """Runner factory for a compiled module with static shapes: compiles once per batch size.
+    """Runner factory for a compiled module with static shapes: compiles once per batch size and thread count.
 
+    Inductor writes the thread count of the moment into its C++ kernels (`#pragma omp parallel num_threads(N)`,
+    `torch._inductor.utils.parallel_num_threads`), so a graph compiled under 1 thread and run under 2 leaves its
+    fused kernels on one thread while oneDNN's use two (MiniLM b32, 2 threads, 2026-12-03: fp32 159.9 ms and
+    lowbit PT2E 51.7 ms compiled under 1 thread, 150.4 and 50.5 ms compiled under 2). Each thread count therefore
+    gets its own torch.compile wrapper (a wrapper of its own misses the other's cache: dynamo's guards check the
+    backend), compiled on its first call, which runs under that count (`torch_runner` sets it).
     A shorter last evaluation batch is padded (repeating its rows) to `full_rows` and the padding's outputs
     dropped, so that scoring reuses the batch-`full_rows` graph instead of compiling a third shape.
     """
-    make = torch_runner(compile_frozen(module))
+    compiled: dict[int, Callable[[int], Callable]] = {}
 
     def factory(threads: int):
-        run = make(threads)
+        if threads not in compiled:
+            compiled[threads] = torch_runner(compile_frozen(module))
+        run = compiled[threads](threads)
 
         def padded(*batch: torch.Tensor) -> torch.Tensor:
             n = len(batch[0])

@@ -15,8 +15,9 @@
   model; the parity note measures the difference);
 - lowbit-w8a8-nbits-ort: int8 weights per group of 128 (`w8a16-g128`) as MatMulNBits with int8 compute: the
   near-lossless LLM path (one weight scale and one input scale per block of 128).
-Embedding tables are quantized too (int8 per row; SmolLM2's tied table is gathered from its LM head's int4 codes
-with GatherBlockQuantized), so the files hold no float table.
+Embedding tables are quantized too (`QuantConfig.with_matching_embeddings`: int8 per row, int4 per group of 32 in
+the int4 models; SmolLM2's tied table is gathered from its LM head's int4 codes with GatherBlockQuantized), so the
+files hold no float table.
 Every build records the share of onnxruntime kernel time spent in integer kernels and the parity of the runtime
 with lowbit's torch simulation and with lowbit's emulation of onnxruntime's kernels (`lowbit.export.emulate`;
 elements within one output step, and the share equal bit for bit) in the row's note.
@@ -33,7 +34,7 @@ import torch
 from bench.common import Built, NotApplicable, register_variant
 from bench.onnx_io import ONNX_OUTPUT_PREFIX, dynamic_shapes, export_inputs, feeds, ort_runner
 from bench.variants.fp32 import LLM_NO_COMPILE, compiled_runner
-from lowbit.config import Mode, PassSpec, QuantConfig, preset
+from lowbit.config import EMBEDDING_INT4, Mode, PassSpec, QuantConfig, preset
 
 ESTIMATOR = "mse"
 PARITY_ROWS = 8
@@ -94,8 +95,9 @@ def quantize_deployable(task, calib, name: str = "w8a8", embeddings: bool = True
         config, why = repaired_dynamic(config, task.model, calib)
         notes.append(why)
     if embeddings and any(isinstance(m, torch.nn.Embedding) for m in task.model.modules()):
-        config = config.with_embeddings()
-        notes.append("embedding tables int8 per row (a tied table shares its LM head's codes)")
+        config = config.with_matching_embeddings()
+        width = "int4 per group of 32" if config.embedding == EMBEDDING_INT4 else "int8 per row"
+        notes.append(f"embedding tables {width} (a tied table shares its LM head's codes)")
     start = time.perf_counter()
     qmodel = lowbit.quantize(task.model, calib, config, progress=False)
     return qmodel, time.perf_counter() - start, notes

@@ -110,6 +110,38 @@ def test_alternate_reports_medians_and_errors() -> None:
     assert res["bad"] == {"error": "RuntimeError: no kernel"}
 
 
+def test_alternate_settles_before_every_sample(monkeypatch) -> None:
+    """The previous variant's spinning threads get SETTLE_S of sleep before each timed sample."""
+    import bench.timing as timing
+
+    slept = []
+    monkeypatch.setattr(timing.time, "sleep", slept.append)
+    alternate({"a": lambda: None, "b": lambda: None}, repeats=3, warmup=1)
+    assert slept == [timing.SETTLE_S] * 6
+
+
+def test_compiled_runner_compiles_once_per_thread_count(monkeypatch) -> None:
+    """Inductor bakes the thread count into its kernels: each count gets its own compiled wrapper, reused."""
+    import bench.variants.fp32 as fp32
+
+    compiled = []
+
+    def fake_compile(module):
+        compiled.append(torch.get_num_threads())
+        return module
+
+    monkeypatch.setattr(fp32, "compile_frozen", fake_compile)
+    factory = fp32.compiled_runner(nn.Linear(4, 2), full_rows=8)
+    x = torch.randn(8, 4)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 1, 2):
+            assert factory(threads)(x).shape == (8, 2)
+    finally:
+        torch.set_num_threads(before)
+    assert len(compiled) == 2
+
+
 def test_forked_peak_rss_sees_allocation(tmp_path) -> None:
     def hold(mib: int) -> dict:
         block = np.ones(mib * MIB, dtype=np.uint8)

@@ -22,8 +22,8 @@ os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no compile worker
 # wakes sleeping threads at every parallel region: inductor's many small regions paid most (MiniLM, compiled,
 # 2 threads: fp32 b32 159 ms and int8 PT2E b1 15.0 / b32 62.6 ms passive, against 139, 4.2 and 48.0 spinning).
 # `bench.timing.alternate` leaves a gap between variants, so that one variant's spinning threads have gone to
-# sleep before the next one is timed (without it, spinning workers on this 2-core machine made 2-thread runs up to
-# 30x slower).
+# sleep before the next one is timed (spinning workers sharing this 2-core machine with the next variant made
+# 2-thread runs up to 30x slower: the reason those runs had turned spinning off).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -172,7 +172,8 @@ def _spec(qtype: str, gran=PerTensor(), symmetric=True, estimator="minmax") -> Q
 # Embedding tables: one scale per token row (the rows a gather reads), int8 symmetric.
 EMBEDDING_INT8 = _spec("int8", PerChannel(0))
 # For int4 models: groups of 32 along each row (onnxruntime's GatherBlockQuantized reads them; measured on MiniLM
-# W4A16, onnxruntime cosine 0.9829 with int8 tables -> 0.9774 with these, 0.9744 with groups of 64).
+# W4A16 GPTQ, onnxruntime cosine on 200 sentences 0.9829 with int8 tables -> 0.9774 with these, 0.9744 with groups
+# of 64; bench/run.py's 1000 sentences: 0.9767).
 EMBEDDING_INT4 = _spec("int4", PerGroup(32))
 
 PRESETS: dict[str, QuantConfig] = {

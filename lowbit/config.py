@@ -144,7 +144,7 @@ class QuantConfig:
         of 32) when the weights have 4 bits or fewer, else `EMBEDDING_INT8`. An int4 model with int8 tables misses
         its size: MiniLM's word table is half its weights (W4A16 file 17.93 MB with int8 tables, 0.20 of fp32;
         13.71 MB, 1/6.6, with int4 ones). A table tied to a quantized LM head shares the head's codes either way."""
-        bits = getattr(self.weight.qtype, "bits", 8) if self.weight is not None else 8
+        bits = self.weight.qtype.bits if self.weight is not None else 8  # every QType has `bits`
         return self.with_embeddings(EMBEDDING_INT4 if bits <= 4 else EMBEDDING_INT8)
 
     def with_rules(self, *rules: LayerRule) -> QuantConfig:
